@@ -1,0 +1,1 @@
+"""LangChain integration for W&B Inference and W&B Serverless Training."""

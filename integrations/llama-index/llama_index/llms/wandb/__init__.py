@@ -1,0 +1,1 @@
+"""LlamaIndex integration for W&B Inference and W&B Serverless Training."""

@@ -1,0 +1,441 @@
+"""Typed clients for the W&B Serverless Training API; chat goes through the official openai SDK.
+
+``Client`` and ``AsyncClient`` share one implementation of every resource: a resource method
+returns the parsed result on ``Client`` and an awaitable of it on ``AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import openai
+from pydantic import BaseModel, SecretStr
+
+from wandb_serverless.api._http import (
+    AsyncHTTP,
+    RetryPolicy,
+    SyncHTTP,
+    build_headers,
+    user_agent,
+)
+from wandb_serverless.api.errors import (
+    APIStatusError,
+    APITimeoutError,
+    TrainingJobFailedError,
+    error_for_response,
+)
+from wandb_serverless.api.types import (
+    CheckpointResponse,
+    CreateSFTTrainingJob,
+    CreateTrainingJob,
+    DeleteCheckpointsRequest,
+    DeleteCheckpointsResponse,
+    DeleteModelResponse,
+    ExperimentalTrainingConfig,
+    LogRequest,
+    ModelCreate,
+    ModelInfo,
+    ModelResponse,
+    Page,
+    SFTTrainingConfig,
+    SystemCheck,
+    TrainingJobEvent,
+    TrainingJobResponse,
+)
+from wandb_serverless.config import Settings
+from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 3
+
+
+def openai_client(
+    settings: Settings,
+    *,
+    async_client: bool = False,
+    base_url: str | None = None,
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+    max_retries: int = 2,
+    default_headers: dict[str, str] | None = None,
+    http_client: Any = None,
+) -> Any:
+    """An ``openai.OpenAI`` (or ``AsyncOpenAI``) for W&B chat.
+
+    Key, base URL, organization and project are all set from ``settings``, never from the
+    ambient OPENAI_* variables; W&B's ``entity/project`` goes in the ``OpenAI-Project`` header.
+    """
+    cls = openai.AsyncOpenAI if async_client else openai.OpenAI
+    headers = {"User-Agent": user_agent(), **(default_headers or {})}
+    client = cls(
+        api_key=settings.require_api_key(),
+        base_url=base_url or settings.inference_base_url,
+        organization=None,
+        project=settings.openai_project,
+        timeout=timeout,
+        max_retries=max_retries,
+        default_headers=headers,
+        http_client=http_client,
+    )
+    # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_CUSTOM_HEADERS when
+    # they are None; W&B requests must carry only what the user configured for W&B.
+    client.organization = None
+    client.project = settings.openai_project
+    client._custom_headers = dict(headers)
+    return client
+
+
+class _Resource:
+    def __init__(self, client: _BaseClient) -> None:
+        self._client = client
+
+    def _call(self, method: str, path: str, cast: Any = None, **kwargs: Any) -> Any:
+        return self._client._call(method, path, cast=cast, **kwargs)
+
+
+def _dump(body: BaseModel) -> dict[str, Any]:
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+class Models(_Resource):
+    """``/preview/models``: register trainable models, delete them, log metrics."""
+
+    def create(
+        self,
+        *,
+        project: str,
+        name: str,
+        base_model: str,
+        entity: str | None = None,
+        return_existing: bool = False,
+    ) -> ModelResponse:
+        body = ModelCreate(
+            project=project,
+            name=name,
+            base_model=base_model,
+            entity=entity,
+            return_existing=return_existing,
+        )
+        return self._call("POST", "/preview/models", ModelResponse, json=_dump(body))
+
+    def delete(self, model_id: str) -> DeleteModelResponse:
+        return self._call("DELETE", f"/preview/models/{model_id}", DeleteModelResponse)
+
+    def log(
+        self, model_id: str, *, split: str, trajectory_groups: Iterable[TrajectoryGroup | dict]
+    ) -> dict[str, Any]:
+        body = LogRequest(split=split, trajectory_groups=list(trajectory_groups))
+        return self._call("POST", f"/preview/models/{model_id}/log", dict, json=_dump(body))
+
+
+class BaseModels(_Resource):
+    def list(self) -> list[str]:
+        """Models this deployment can train."""
+        return self._call("GET", "/preview/base-models", list)
+
+
+class Checkpoints(_Resource):
+    """``/preview/models/{id}/checkpoints``."""
+
+    def list(
+        self,
+        model_id: str,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+        order: str | None = None,
+    ) -> Page[CheckpointResponse]:
+        params = _params(after=after, limit=limit, order=order)
+        path = f"/preview/models/{model_id}/checkpoints"
+        return self._call("GET", path, Page[CheckpointResponse], params=params)
+
+    def iter(self, model_id: str, *, order: str = "asc", page_size: int = 100) -> Any:
+        """Every checkpoint, paging with ``after``; an async iterator on AsyncClient."""
+
+        def fetch(after: str | None) -> Any:
+            return self.list(model_id, after=after, limit=page_size, order=order)
+
+        return self._client._paginate(fetch)
+
+    def delete(self, model_id: str, steps: Iterable[int]) -> DeleteCheckpointsResponse:
+        body = DeleteCheckpointsRequest(steps=list(steps))
+        path = f"/preview/models/{model_id}/checkpoints"
+        return self._call("DELETE", path, DeleteCheckpointsResponse, json=_dump(body))
+
+
+class Events(_Resource):
+    """``/preview/training-jobs/{id}/events``."""
+
+    def list(
+        self, job_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> Page[TrainingJobEvent]:
+        path = f"/preview/training-jobs/{job_id}/events"
+        return self._call(
+            "GET", path, Page[TrainingJobEvent], params=_params(after=after, limit=limit)
+        )
+
+    def iter(self, job_id: str, *, after: str | None = None, page_size: int = 100) -> Any:
+        """Every event so far (``after`` is exclusive); an async iterator on AsyncClient."""
+
+        def fetch(cursor: str | None) -> Any:
+            return self.list(job_id, after=cursor, limit=page_size)
+
+        return self._client._paginate(fetch, start=after)
+
+    def follow(
+        self,
+        job_id: str,
+        *,
+        after: str | None = None,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Yield events as they come until ``training_ended``.
+
+        ``training_failed`` raises :class:`TrainingJobFailedError` with the server's message.
+        """
+        return self._client._follow(self, job_id, after, poll_interval, timeout)
+
+
+class TrainingJobs(_Resource):
+    """``/preview/training-jobs`` (RL) and ``/preview/sft-training-jobs``."""
+
+    def __init__(self, client: _BaseClient) -> None:
+        super().__init__(client)
+        self.events = Events(client)
+
+    def create(
+        self,
+        *,
+        model_id: str,
+        trajectory_groups: Iterable[TrajectoryGroup | dict],
+        experimental_config: ExperimentalTrainingConfig | dict | None = None,
+    ) -> TrainingJobResponse:
+        """Start an RL job on inline trajectory groups. Never retried once sent."""
+        body = CreateTrainingJob(
+            model_id=model_id,
+            trajectory_groups=list(trajectory_groups),
+            experimental_config=experimental_config,
+        )
+        return self._call("POST", "/preview/training-jobs", TrainingJobResponse, json=_dump(body))
+
+    def create_sft(
+        self,
+        *,
+        model_id: str,
+        training_data_url: str,
+        config: SFTTrainingConfig | dict | None = None,
+        experimental_config: dict[str, Any] | None = None,
+    ) -> TrainingJobResponse:
+        """Start an SFT job on a ``train.jsonl`` artifact."""
+        body = CreateSFTTrainingJob(
+            model_id=model_id,
+            training_data_url=training_data_url,
+            config=config,
+            experimental_config=experimental_config,
+        )
+        path = "/preview/sft-training-jobs"
+        return self._call("POST", path, TrainingJobResponse, json=_dump(body))
+
+    def retrieve(self, job_id: str) -> TrainingJobResponse:
+        return self._call("GET", f"/preview/training-jobs/{job_id}", TrainingJobResponse)
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _parse(response: httpx.Response, cast: Any) -> Any:
+    if cast is None:
+        return None
+    if not response.content:
+        data: Any = {}
+    else:
+        try:
+            data = response.json()
+        except ValueError:
+            raise APIStatusError(
+                f"{response.request.method} {response.request.url.path}: response is not JSON",
+                status_code=response.status_code,
+                detail=response.text[:200],
+            ) from None
+    if (isinstance(cast, type) and issubclass(cast, BaseModel)) or hasattr(cast, "model_validate"):
+        return cast.model_validate(data)
+    return data
+
+
+def _check_event(job_id: str, event: TrainingJobEvent) -> None:
+    if event.type == "training_failed":
+        message = str(event.data.get("error_message") or "no error message")
+        raise TrainingJobFailedError(job_id, message)
+
+
+class _BaseClient:
+    def __init__(
+        self,
+        api_key: str | SecretStr | None = None,
+        *,
+        base_url: str | None = None,
+        entity: str | None = None,
+        project: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: dict[str, str] | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings.resolve(
+            api_key=api_key, base_url=base_url, entity=entity, project=project
+        )
+        self.base_url = (base_url or self.settings.training_base_url).rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._headers = build_headers(self.settings.require_api_key(), default_headers)
+        self._policy = RetryPolicy(max_retries=max_retries)
+        self.models = Models(self)
+        self.base_models = BaseModels(self)
+        self.checkpoints = Checkpoints(self)
+        self.training_jobs = TrainingJobs(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _call(self, method: str, path: str, cast: Any = None, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def _paginate(self, fetch: Callable[[str | None], Any], start: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def _follow(self, events: Events, job_id: str, after: Any, poll: float, timeout: Any) -> Any:
+        raise NotImplementedError
+
+
+class Client(_BaseClient):
+    """Synchronous client. ``Client()`` reads WANDB_API_KEY and talks to W&B's training API.
+
+    Point it at a local backend with ``Client(api_key=..., base_url=backend.base_url)``.
+    """
+
+    def __init__(self, *args: Any, http_client: httpx.Client | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._owns_http = http_client is None
+        self._httpx = http_client or httpx.Client(timeout=self.timeout)
+        self._http = SyncHTTP(self._httpx, self._policy, self.settings.require_api_key())
+
+    def _call(self, method: str, path: str, cast: Any = None, **kwargs: Any) -> Any:
+        url = self.base_url + path
+        return _parse(self._http.request(method, url, headers=self._headers, **kwargs), cast)
+
+    def _paginate(self, fetch: Callable[[str | None], Any], start: str | None = None) -> Iterator:
+        cursor = start
+        while True:
+            page = fetch(cursor)
+            yield from page.data
+            if not page.has_more or not page.data:
+                return
+            cursor = page.data[-1].id
+
+    def _follow(
+        self, events: Events, job_id: str, after: Any, poll: float, timeout: Any
+    ) -> Iterator[TrainingJobEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for event in events.iter(job_id, after=after):
+                after = event.id
+                _check_event(job_id, event)
+                yield event
+                if event.is_terminal:
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise APITimeoutError(f"training job {job_id} did not finish within {timeout}s")
+            time.sleep(poll)
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health", dict)
+
+    def system_check(self) -> SystemCheck:
+        """The service's self-check; a failing check (503) is returned, not raised."""
+        response = self._httpx.get(self.base_url + "/system-check", headers=self._headers)
+        if response.status_code not in (200, 503):
+            raise error_for_response(response)
+        return SystemCheck.model_validate(response.json())
+
+    def list_models(self) -> list[ModelInfo]:
+        """``GET /models``: base models and checkpoints this endpoint serves."""
+        return [ModelInfo.model_validate(m) for m in self._call("GET", "/models", dict)["data"]]
+
+    def openai(self, **kwargs: Any) -> openai.OpenAI:
+        """An ``openai.OpenAI`` for chat on the same server, key and project."""
+        kwargs.setdefault("base_url", self.base_url)
+        return openai_client(self.settings, **kwargs)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._httpx.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_BaseClient):
+    """Asynchronous client: every resource method returns an awaitable."""
+
+    def __init__(self, *args: Any, http_client: httpx.AsyncClient | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._owns_http = http_client is None
+        self._httpx = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self._http = AsyncHTTP(self._httpx, self._policy, self.settings.require_api_key())
+
+    async def _call(self, method: str, path: str, cast: Any = None, **kwargs: Any) -> Any:
+        url = self.base_url + path
+        return _parse(await self._http.request(method, url, headers=self._headers, **kwargs), cast)
+
+    async def _paginate(
+        self, fetch: Callable[[str | None], Any], start: str | None = None
+    ) -> AsyncIterator:
+        cursor = start
+        while True:
+            page = await fetch(cursor)
+            for item in page.data:
+                yield item
+            if not page.has_more or not page.data:
+                return
+            cursor = page.data[-1].id
+
+    async def _follow(
+        self, events: Events, job_id: str, after: Any, poll: float, timeout: Any
+    ) -> AsyncIterator[TrainingJobEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            async for event in events.iter(job_id, after=after):
+                after = event.id
+                _check_event(job_id, event)
+                yield event
+                if event.is_terminal:
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise APITimeoutError(f"training job {job_id} did not finish within {timeout}s")
+            await asyncio.sleep(poll)
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call("GET", "/health", dict)
+
+    def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        kwargs.setdefault("base_url", self.base_url)
+        return openai_client(self.settings, async_client=True, **kwargs)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._httpx.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,95 @@
+"""Model references: plain base-model ids and W&B artifact references to trained checkpoints.
+
+``wandb-artifact:///entity/project/name[:stepN|:latest]`` (two slashes are accepted too).
+No suffix means the latest checkpoint; ``:step0`` is the base model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SCHEME = "wandb-artifact:"
+CHECKPOINT_FORM = "wandb-artifact:///entity/project/name[:stepN|:latest]"
+ARTIFACT_FORM = "wandb-artifact:///entity/project/name[:alias]"
+
+_SEGMENT = r"[A-Za-z0-9_.\-]+"
+_ARTIFACT_RE = re.compile(
+    rf"^wandb-artifact:///?(?P<entity>{_SEGMENT})/(?P<project>{_SEGMENT})/(?P<name>{_SEGMENT})"
+    rf"(?::(?P<alias>{_SEGMENT}))?$"
+)
+_STEP_RE = re.compile(r"^step(\d+)$")
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A parsed ``wandb-artifact://`` URL."""
+
+    entity: str
+    project: str
+    name: str
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, *, form: str = ARTIFACT_FORM) -> ArtifactRef:
+        match = _ARTIFACT_RE.match(url.strip()) if isinstance(url, str) else None
+        if match is None:
+            raise ValueError(f"artifact reference {url!r} is not of the form {form}")
+        return cls(**match.groupdict())
+
+    @property
+    def path(self) -> str:
+        """``entity/project/name``, the artifact's path without alias."""
+        return f"{self.entity}/{self.project}/{self.name}"
+
+    def __str__(self) -> str:
+        suffix = f":{self.alias}" if self.alias else ""
+        return f"wandb-artifact:///{self.path}{suffix}"
+
+
+@dataclass(frozen=True)
+class CheckpointRef(ArtifactRef):
+    """A trained model checkpoint: ``step`` is None for the latest one."""
+
+    @classmethod
+    def parse(cls, url: str, *, form: str = CHECKPOINT_FORM) -> CheckpointRef:
+        try:
+            ref = ArtifactRef.parse(url, form=form)
+        except ValueError:
+            raise ValueError(f"model reference {url!r} is not of the form {form}") from None
+        if ref.alias not in (None, "latest") and not _STEP_RE.match(ref.alias):
+            raise ValueError(
+                f"model reference {url!r} has alias {ref.alias!r}; expected :stepN or :latest "
+                f"({form})"
+            )
+        return cls(ref.entity, ref.project, ref.name, ref.alias)
+
+    @classmethod
+    def of(cls, entity: str, project: str, name: str, step: int | None = None) -> CheckpointRef:
+        return cls(entity, project, name, "latest" if step is None else f"step{int(step)}")
+
+    @property
+    def step(self) -> int | None:
+        """The pinned step, or None for "latest"."""
+        match = _STEP_RE.match(self.alias or "")
+        return int(match.group(1)) if match else None
+
+    def at(self, step: int | None) -> CheckpointRef:
+        """The same model at another step (None: latest)."""
+        return CheckpointRef.of(self.entity, self.project, self.name, step)
+
+
+def parse_model(model: str) -> str | CheckpointRef:
+    """A base-model id stays a string; an artifact reference becomes a CheckpointRef."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    model = model.strip()
+    if model.startswith(SCHEME):
+        return CheckpointRef.parse(model)
+    if any(ch.isspace() for ch in model):
+        raise ValueError(f"model id {model!r} must not contain whitespace")
+    return model
+
+
+def is_checkpoint(model: str) -> bool:
+    return isinstance(model, str) and model.strip().startswith(SCHEME)

@@ -1,0 +1,13 @@
+"""Shared fixtures. Test helpers live in tests/support (importable as ``support``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["support.fixtures"]
