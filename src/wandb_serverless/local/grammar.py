@@ -1,0 +1,144 @@
+"""Constrained decoding with llguidance: JSON schema, JSON object, regex, choice, Lark/GBNF
+grammars, and forced tool calls. The mask costs ~0.3 ms per token against ~35 ms per forward step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import torch
+from llguidance import LLMatcher
+from llguidance.gbnf_to_lark import gbnf_to_lark
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+_COMPACT = {"whitespace_flexible": False}
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+class GrammarError(ValueError):
+    """The requested constraint cannot be compiled (shown to the client as a 400)."""
+
+
+def close_objects(schema: Any) -> Any:
+    """Treat an unspecified ``additionalProperties`` as false (OpenAI's strict semantics): a
+    small model otherwise invents extra keys."""
+    if isinstance(schema, list):
+        return [close_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: close_objects(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _with_compact_whitespace(schema: dict[str, Any]) -> dict[str, Any]:
+    # Compact JSON: a small model otherwise burns tokens (and loops) on indentation.
+    schema = close_objects(schema)
+    guidance = {**_COMPACT, **schema.get("x-guidance", {})}
+    return {**schema, "x-guidance": guidance}
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    return LLMatcher.grammar_from_json_schema(_with_compact_whitespace(schema))
+
+
+def json_object_grammar() -> str:
+    return json_schema_grammar({"type": "object"})
+
+
+def regex_grammar(pattern: str) -> str:
+    return LLMatcher.grammar_from_regex(pattern)
+
+
+def choice_grammar(choices: list[str]) -> str:
+    if not choices or not all(isinstance(c, str) for c in choices):
+        raise GrammarError("structured_outputs.choice must be a non-empty list of strings")
+    return regex_grammar("|".join(re.escape(c) for c in choices))
+
+
+def lark_grammar(grammar: str) -> str:
+    """A Lark grammar, or a GBNF/EBNF one (as vLLM accepts), converted to Lark."""
+    if "::=" in grammar:
+        try:
+            grammar = gbnf_to_lark(grammar)
+        except Exception as exc:
+            raise GrammarError(f"could not convert the GBNF grammar: {exc}") from None
+    return LLMatcher.grammar_from_lark(grammar)
+
+
+def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """One call to one of ``tools``: ``{"name": const, "arguments": <its parameters schema>}``."""
+    variants = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def tool_call_grammar(tools: list[dict[str, Any]]) -> str:
+    """``<tool_call>{json}</tool_call>``: the same format the prompt teaches for ``auto``."""
+    schema = json.dumps(_with_compact_whitespace(tool_call_schema(tools)))
+    return LLMatcher.grammar_from_lark(
+        f'start: "{TOOL_CALL_OPEN}" call "{TOOL_CALL_CLOSE}"\ncall: %json {schema}'
+    )
+
+
+class Vocabulary:
+    """The tokenizer as llguidance sees it; built once per model (~0.4 s)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+
+    def validate(self, grammar: str) -> None:
+        ok, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
+        if not ok:
+            raise GrammarError("; ".join(messages) or "invalid grammar")
+
+    def constraint(self, grammar: str) -> Constraint:
+        return Constraint(self, grammar)
+
+
+class Constraint:
+    """Per-sequence matcher: masks logits to what the grammar allows, then consumes the pick."""
+
+    def __init__(self, vocab: Vocabulary, grammar: str) -> None:
+        self.vocab = vocab
+        self.matcher = LLMatcher(vocab.ll_tokenizer, grammar)
+        if self.matcher.is_error():
+            raise GrammarError(self.matcher.get_error())
+        self._words = torch.zeros((vocab.vocab_size + 31) // 32, dtype=torch.int32)
+
+    def allowed(self, size: int) -> torch.Tensor:
+        """A bool mask over the first ``size`` token ids."""
+        words = self._words
+        self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
+        bits = ((words[:, None] >> _BITS) & 1).reshape(-1)[:size].bool()
+        if bits.numel() < size:
+            bits = torch.cat([bits, torch.zeros(size - bits.numel(), dtype=torch.bool)])
+        return bits
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.masked_fill(~self.allowed(logits.shape[-1]), float("-inf"))
+
+    def consume(self, token_id: int) -> None:
+        if not self.matcher.consume_token(token_id):
+            raise GrammarError(self.matcher.get_error() or f"token {token_id} rejected")
+
+    @property
+    def done(self) -> bool:
+        return self.matcher.is_stopped()

@@ -1,0 +1,314 @@
+"""The chat-completions contract of the local server: the request schema (OpenAI fields plus
+vLLM extras), turning a request into a prompt, sampling parameters and a constraint, and the
+OpenAI-shaped pieces of responses (logprobs, usage)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wandb_serverless.local import grammar
+from wandb_serverless.local.engine import SamplingParams
+from wandb_serverless.local.tools import UnsupportedContentError, prepare_messages
+
+# Accepted by vLLM but not by this backend: setting them is a 400, never silently ignored.
+UNSUPPORTED = {
+    "echo": False,
+    "prompt_logprobs": None,
+    "bad_words": None,
+    "allowed_token_ids": None,
+    "use_beam_search": False,
+    "logits_processors": None,
+    "guided_json": None,
+    "guided_regex": None,
+    "guided_choice": None,
+    "guided_grammar": None,
+    "documents": None,
+    "chat_template": None,
+}
+
+
+class BadRequest(ValueError):
+    """A request this server understands but cannot serve: answered 400 with the message."""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI chat-completions request with vLLM's extras. Unknown keys are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+    n: int = Field(default=1, ge=1, le=16)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    return_token_ids: bool = False
+    return_tokens_as_token_ids: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_have_roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        roles = {"system", "developer", "user", "assistant", "tool", "function"}
+        for i, message in enumerate(messages):
+            if message.get("role") not in roles:
+                raise ValueError(f"messages[{i}].role must be one of {sorted(roles)}")
+        return messages
+
+
+@dataclass
+class Plan:
+    """What the engine runs for one request."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    grammar: str | None
+    tool_names: set[str]
+    tool_mode: Literal["none", "auto", "forced"]
+
+
+def _unsupported(request: ChatCompletionRequest) -> None:
+    extras = request.model_extra or {}
+    for key, default in UNSUPPORTED.items():
+        if key in extras and extras[key] not in (default, None, False, [], {}):
+            hint = (
+                " (use structured_outputs or response_format)" if key.startswith("guided_") else ""
+            )
+            raise BadRequest(f"'{key}' is not supported by the local backend{hint}")
+
+
+def _tool_mode(request: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
+    """('none'|'auto'|'forced', the tools the grammar or parser may use)."""
+    tools = request.tools or []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise BadRequest(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}")
+        if not tool["function"].get("name"):
+            raise BadRequest(f"tools[{i}].function.name is required")
+    choice = request.tool_choice
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise BadRequest("tool_choice was set but no tools were given")
+        return "none", []
+    if choice in (None, "auto"):
+        return "auto", tools
+    if choice == "none":
+        return "none", []
+    if choice == "required":
+        return "forced", tools
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        picked = [t for t in tools if t["function"]["name"] == name]
+        if not picked:
+            raise BadRequest(f"tool_choice names {name!r}, which is not among the tools")
+        return "forced", picked
+    raise BadRequest(f"tool_choice {choice!r} is not one of none, auto, required, or a named tool")
+
+
+def _structured_grammar(request: ChatCompletionRequest) -> str | None:
+    sources: list[str] = []
+    result: str | None = None
+    fmt = request.response_format
+    if fmt and fmt.get("type") not in (None, "text"):
+        sources.append("response_format")
+        kind = fmt.get("type")
+        if kind == "json_object":
+            result = grammar.json_object_grammar()
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema") or {}
+            schema = spec.get("schema", spec.get("json_schema"))
+            if not isinstance(schema, dict):
+                raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
+            result = grammar.json_schema_grammar(schema)
+        else:
+            raise BadRequest(f"response_format type {kind!r} is not supported (use json_schema)")
+    so = {k: v for k, v in (request.structured_outputs or {}).items() if v not in (None, False)}
+    unknown = set(so) - {"json", "regex", "choice", "grammar", "json_object"}
+    if unknown:
+        raise BadRequest(f"structured_outputs.{sorted(unknown)[0]} is not supported")
+    for key, value in so.items():
+        sources.append(f"structured_outputs.{key}")
+        if key == "json":
+            schema = json.loads(value) if isinstance(value, str) else value
+            result = grammar.json_schema_grammar(schema)
+        elif key == "json_object":
+            result = grammar.json_object_grammar()
+        elif key == "regex":
+            result = grammar.regex_grammar(value)
+        elif key == "choice":
+            result = grammar.choice_grammar(value)
+        elif key == "grammar":
+            result = grammar.lark_grammar(value)
+    if len(sources) > 1:
+        raise BadRequest(f"only one output constraint per request; got {', '.join(sources)}")
+    return result
+
+
+def render_prompt(tokenizer: Any, request: ChatCompletionRequest, tools: list[dict]) -> str:
+    try:
+        messages = prepare_messages(request.messages, tools)
+    except (UnsupportedContentError, KeyError, TypeError) as exc:
+        raise BadRequest(f"invalid message: {exc}") from None
+    if request.continue_final_message and request.add_generation_prompt:
+        raise BadRequest("continue_final_message and add_generation_prompt cannot both be true")
+    kwargs = dict(
+        tokenize=False,
+        add_generation_prompt=request.add_generation_prompt,
+        continue_final_message=request.continue_final_message,
+        **(request.chat_template_kwargs or {}),
+    )
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except Exception as first:
+        # Strict templates reject repeated roles: merge consecutive same-role turns and retry.
+        merged = _merge_same_roles(messages)
+        try:
+            return tokenizer.apply_chat_template(merged, **kwargs)
+        except Exception:
+            raise BadRequest(f"the chat template rejected the messages: {first}") from None
+
+
+def _merge_same_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    merged: list[dict[str, str]] = []
+    for message in messages:
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1] = {
+                **merged[-1],
+                "content": merged[-1]["content"] + "\n\n" + message["content"],
+            }
+        else:
+            merged.append(dict(message))
+    return merged
+
+
+def plan(
+    request: ChatCompletionRequest,
+    tokenizer: Any,
+    *,
+    context_length: int,
+    default_max_tokens: int,
+) -> Plan:
+    """Validate a request and turn it into prompt ids, sampling parameters and a grammar."""
+    _unsupported(request)
+    mode, tools = _tool_mode(request)
+    structured = _structured_grammar(request)
+    if structured is not None and mode == "forced":
+        raise BadRequest(
+            "response_format/structured_outputs cannot be combined with a forced tool call"
+        )
+    rendered = render_prompt(tokenizer, request, tools if mode != "none" else [])
+    prompt_ids = tokenizer(rendered, add_special_tokens=False).input_ids
+    limit = request.max_completion_tokens or request.max_tokens
+    room = context_length - len(prompt_ids)
+    if room <= 0 or (limit is not None and limit > room):
+        asked = f" plus {limit} completion tokens" if limit else ""
+        raise BadRequest(
+            f"This model's maximum context length is {context_length} tokens. However, you "
+            f"requested {len(prompt_ids)} prompt tokens{asked}."
+        )
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    top = request.top_logprobs or 0
+    if top and not request.logprobs:
+        raise BadRequest("top_logprobs requires logprobs: true")
+    try:
+        bias = {int(k): float(v) for k, v in (request.logit_bias or {}).items()}
+    except ValueError:
+        raise BadRequest("logit_bias keys must be token ids") from None
+    params = SamplingParams(
+        max_tokens=limit or min(default_max_tokens, room),
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=request.top_p or 1.0,
+        top_k=request.top_k if request.top_k and request.top_k > 0 else 0,
+        min_p=request.min_p or 0.0,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        logit_bias=bias,
+        seed=request.seed,
+        stop=stop,
+        stop_token_ids=list(request.stop_token_ids or []),
+        include_stop_str_in_output=request.include_stop_str_in_output,
+        min_tokens=request.min_tokens,
+        ignore_eos=request.ignore_eos,
+        top_logprobs=top,
+    )
+    if mode == "forced":
+        structured = grammar.tool_call_grammar(tools)
+    names = {t["function"]["name"] for t in tools} if mode != "none" else set()
+    return Plan(prompt_ids, params, structured, names, mode)  # type: ignore[arg-type]
+
+
+class TokenText:
+    """Exact bytes and display text of every token id, for logprobs entries."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.table = _token_bytes(tokenizer, vocab_size)
+
+    def entry(self, token_id: int, logprob: float, as_ids: bool) -> dict[str, Any]:
+        raw = self.table[token_id] if token_id < len(self.table) else b""
+        token = f"token_id:{token_id}" if as_ids else raw.decode("utf-8", errors="replace")
+        return {"token": token, "logprob": logprob, "bytes": list(raw)}
+
+
+def _token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes]:
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    specials = set(tokenizer.all_special_tokens) | set(
+        getattr(tokenizer, "added_tokens_encoder", {})
+    )
+    decoder = _byte_decoder()
+    table: list[bytes] = []
+    for token_id, piece in enumerate(pieces):
+        if piece is None:
+            table.append(b"")
+        elif piece in specials or not all(ch in decoder for ch in piece):
+            table.append(tokenizer.decode([token_id]).encode())
+        else:
+            table.append(bytes(decoder[ch] for ch in piece))
+    return table
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted."""
+    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    visible += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(visible), 0
+    for byte in range(256):
+        if byte not in visible:
+            visible.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(visible, chars, strict=True)}
