@@ -1,0 +1,611 @@
+"""W&B chat models for LangChain: W&B Inference and W&B Serverless Training checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any, Literal
+
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import (
+    BaseChatModel,
+    LangSmithParams,
+    agenerate_from_stream,
+    generate_from_stream,
+)
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    convert_to_openai_messages,
+)
+from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils import from_env, secret_from_env
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.utils import build_extra_kwargs
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from wandb_serverless import chat as protocol
+from wandb_serverless.api.client import openai_client
+from wandb_serverless.config import Settings
+
+PROVIDER = "wandb"
+_VLLM_FIELDS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "skip_special_tokens",
+    "return_token_ids",
+    "chat_template_kwargs",
+    "structured_outputs",
+    "cache_salt",
+    "priority",
+)
+
+
+# Content blocks that are the model's own reasoning: never sent back (as ChatOpenAI does).
+_NOT_RESENT = frozenset({"thinking", "redacted_thinking", "reasoning", "reasoning_content"})
+
+# -- message conversion (pure, unit-testable) ---------------------------------------------------
+
+
+def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages → OpenAI message dicts (tool calls, tool results, images, names).
+
+    Anthropic-style ``tool_use`` blocks become tool calls; reasoning blocks are not re-sent.
+    """
+    converted = convert_to_openai_messages(list(messages))
+    for original, message in zip(messages, converted, strict=True):
+        role = original.additional_kwargs.get("__openai_role__")
+        if role:
+            message["role"] = role
+        if isinstance(message.get("content"), list):
+            parts = [p for p in message["content"] if p.get("type") not in _NOT_RESENT]
+            texts_only = all(p.get("type") == "text" for p in parts)
+            message["content"] = "".join(p["text"] for p in parts) if texts_only else parts
+        if (
+            message["role"] == "assistant"
+            and message.get("tool_calls")
+            and not message.get("content")
+        ):
+            message["content"] = None
+    return converted
+
+
+def _usage_metadata(usage: protocol.Usage) -> UsageMetadata:
+    metadata = UsageMetadata(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+    )
+    if usage.cache_read is not None:
+        metadata["input_token_details"] = InputTokenDetails(cache_read=usage.cache_read)
+    if usage.reasoning is not None:
+        metadata["output_token_details"] = OutputTokenDetails(reasoning=usage.reasoning)
+    return metadata
+
+
+def _convert_completion_to_message(completion: protocol.Completion) -> AIMessage:
+    """One parsed choice → AIMessage; malformed tool-call arguments never raise."""
+    calls, invalid = [], []
+    for call in completion.tool_calls:
+        args, error = protocol.parse_arguments(call.arguments)
+        if error is None:
+            calls.append(tool_call(name=call.name, args=args or {}, id=call.id))
+        else:
+            invalid.append(
+                invalid_tool_call(name=call.name, args=call.arguments, id=call.id, error=error)
+            )
+    additional = {"reasoning_content": completion.reasoning} if completion.reasoning else {}
+    return AIMessage(
+        content=completion.content,
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
+        additional_kwargs=additional,
+        response_metadata={**completion.metadata, "model_provider": PROVIDER},
+        usage_metadata=_usage_metadata(completion.usage) if completion.usage else None,
+        id=completion.id,
+    )
+
+
+def _convert_delta_to_chunk(delta: protocol.Delta) -> AIMessageChunk:
+    additional = {"reasoning_content": delta.reasoning} if delta.reasoning else {}
+    metadata = dict(delta.metadata)
+    if delta.finish_reason:
+        metadata.update(
+            finish_reason=delta.finish_reason, model_name=delta.model, model_provider=PROVIDER
+        )
+    return AIMessageChunk(
+        content=delta.content,
+        additional_kwargs=additional,
+        tool_call_chunks=[
+            tool_call_chunk(name=c.name, args=c.arguments, id=c.id, index=c.index)
+            for c in delta.tool_calls
+        ],
+        response_metadata=metadata,
+        usage_metadata=_usage_metadata(delta.usage) if delta.usage else None,
+        id=delta.id,
+    )
+
+
+def _map_error(exc: openai.APIError) -> Exception:
+    """openai errors → langchain-core's model errors (both isinstance checks keep working)."""
+    message = str(exc)
+    if isinstance(exc, openai.APITimeoutError):
+        cls: type[Exception] = ModelTimeoutError
+    elif isinstance(exc, openai.APIConnectionError):
+        cls = ModelConnectionError
+    elif isinstance(exc, openai.AuthenticationError):
+        cls = ModelAuthenticationError
+    elif isinstance(exc, openai.PermissionDeniedError):
+        cls = ModelPermissionDeniedError
+    elif isinstance(exc, openai.NotFoundError):
+        cls = ModelNotFoundError
+    elif isinstance(exc, openai.RateLimitError):
+        cls = ModelRateLimitError
+    elif isinstance(exc, openai.BadRequestError):
+        cls = (
+            ContextOverflowError
+            if "maximum context length" in message
+            else ModelInvalidRequestError
+        )
+    else:
+        cls = ModelAPIError
+    mapped = _combined(cls, type(exc))(message)
+    mapped.__dict__.update(exc.__dict__)
+    return mapped
+
+
+@lru_cache(maxsize=64)
+def _combined(langchain_cls: type[Exception], sdk_cls: type[Exception]) -> type[Exception]:
+    """A subclass of both, so ``except openai.RateLimitError`` and ``except ModelRateLimitError``
+    both catch it (langchain-core's convention for provider errors)."""
+    return type(langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__})
+
+
+class ChatWandb(BaseChatModel):
+    """W&B chat model: W&B Inference models and your own RL/SFT-trained checkpoints.
+
+    Setup:
+        ``pip install langchain-wandb`` and set ``WANDB_API_KEY`` (and optionally
+        ``WANDB_PROJECT=entity/project`` for usage attribution).
+
+    Key init args — completion params:
+        model: a W&B Inference model id, or a checkpoint reference
+            ``wandb-artifact:///entity/project/name[:stepN|:latest]``.
+        temperature, max_tokens, stop, top_p, seed, n, presence_penalty, frequency_penalty,
+        logit_bias, logprobs, top_logprobs: as in OpenAI.
+        top_k, min_p, repetition_penalty, min_tokens, stop_token_ids, return_token_ids,
+        reasoning_effort, chat_template_kwargs, structured_outputs, ...: vLLM extras.
+
+    Key init args — client params:
+        api_key (``WANDB_API_KEY``), base_url (default W&B Inference), project
+        (``entity/project``, sent as the ``OpenAI-Project`` header), timeout, max_retries,
+        default_headers, http_client / http_async_client.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_wandb import ChatWandb
+
+            llm = ChatWandb(model="meta-llama/Llama-3.1-8B-Instruct", temperature=0)
+            trained = ChatWandb(model="wandb-artifact:///me/agents/sql-agent:latest")
+            local = ChatWandb(model="default", base_url=backend.base_url, api_key=backend.api_key)
+
+    Invoke:
+        .. code-block:: python
+
+            llm.invoke("What is the capital of France?").content
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Tell me a story"):
+                print(chunk.content, end="")  # the last chunk carries usage_metadata
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("Hello")
+            async for chunk in llm.astream("Hello"): ...
+
+    Tool calling:
+        .. code-block:: python
+
+            llm.bind_tools([get_weather], tool_choice="any").invoke("Weather in Paris?").tool_calls
+
+    Structured output:
+        .. code-block:: python
+
+            llm.with_structured_output(Person).invoke("Invent a person")  # json_schema by default
+
+    Response metadata:
+        ``model_name`` (as the server reports it), ``finish_reason``, ``id``,
+        ``system_fingerprint``, ``logprobs``, and with ``return_token_ids=True`` the exact
+        ``prompt_token_ids`` and ``token_ids`` (what the rollout recorder trains on).
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    model: str = Field(default="default")
+    """Model id or ``wandb-artifact:///entity/project/name[:stepN|:latest]``."""
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env("WANDB_API_KEY", default=None)
+    )
+    """W&B API key; read from WANDB_API_KEY when not given."""
+    base_url: str | None = Field(
+        default_factory=from_env(
+            ["WANDB_INFERENCE_BASE_URL", "WANDB_SERVERLESS_BASE_URL"], default=None
+        )
+    )
+    """Chat endpoint; defaults to W&B Inference."""
+    project: str | None = Field(default_factory=from_env("WANDB_PROJECT", default=None))
+    """``entity/project`` for usage attribution (the ``OpenAI-Project`` header)."""
+    timeout: float | None = Field(default=None, alias="request_timeout")
+    """Seconds per request (None: the SDK's default)."""
+    max_retries: int = 2
+    """Retries for connection errors, 408, 409, 429 and 5xx (the SDK is the one retry authority)."""
+    default_headers: dict[str, str] | None = None
+    """Extra headers on every request."""
+    http_client: Any = Field(default=None, exclude=True)
+    """Optional ``httpx.Client`` for the sync SDK client."""
+    http_async_client: Any = Field(default=None, exclude=True)
+    """Optional ``httpx.AsyncClient`` for the async SDK client."""
+
+    temperature: float | None = None
+    """Sampling temperature."""
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    """Completion token cap (sent as ``max_completion_tokens``)."""
+    stop: list[str] | str | None = Field(default=None, alias="stop_sequences")
+    """Stop strings."""
+    top_p: float | None = None
+    seed: int | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, int] | None = None
+    logprobs: bool | None = None
+    """Return the sampled tokens' log-probabilities."""
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+    streaming: bool = False
+    """Use streaming under ``invoke`` too."""
+    stream_usage: bool = True
+    """Ask for the final usage chunk when streaming."""
+
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    return_token_ids: bool | None = None
+    """Return ``prompt_token_ids`` and ``token_ids`` (vLLM) in response_metadata."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    cache_salt: str | None = None
+    priority: int | None = None
+
+    extra_body: dict[str, Any] | None = None
+    """Extra JSON fields merged into the request body (the escape hatch for new vLLM params)."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra top-level ``create()`` arguments; unknown constructor kwargs land here."""
+
+    _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_extra(cls, values: dict[str, Any]) -> Any:
+        if not isinstance(values, dict):
+            return values
+        names = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
+        extra = values.get("model_kwargs", {})
+        values["model_kwargs"] = build_extra_kwargs(extra, values, names)
+        return values
+
+    # -- LangChain plumbing ------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "wandb-chat"
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    @property
+    def _default_params(self) -> dict[str, Any]:
+        params = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "n": self.n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": self.logit_bias,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "reasoning_effort": self.reasoning_effort,
+            **{name: getattr(self, name) for name in _VLLM_FIELDS},
+            **self.model_kwargs,
+        }
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+        return {k: v for k, v in params.items() if v is not None}
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, **self._default_params}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = self._get_invocation_params(stop=stop, **kwargs)
+        ls = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model", self.model),
+            ls_model_type="chat",
+        )
+        if params.get("temperature") is not None:
+            ls["ls_temperature"] = params["temperature"]
+        if params.get("max_tokens") is not None:
+            ls["ls_max_tokens"] = params["max_tokens"]
+        if stop or self.stop:
+            ls["ls_stop"] = stop or ([self.stop] if isinstance(self.stop, str) else self.stop)
+        return ls
+
+    # -- the SDK clients ---------------------------------------------------------------------
+
+    def _settings(self) -> Settings:
+        return Settings.resolve(
+            api_key=self.api_key, project=self.project, inference_base_url=self.base_url
+        )
+
+    def _client(self, async_client: bool = False) -> Any:
+        key = "async" if async_client else "sync"
+        if key not in self._clients:
+            self._clients[key] = openai_client(
+                self._settings(),
+                async_client=async_client,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                default_headers=self.default_headers,
+                http_client=self.http_async_client if async_client else self.http_client,
+            )
+        return self._clients[key]
+
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
+    ) -> dict[str, Any]:
+        kwargs.pop("ls_structured_output_format", None)
+        params = {**self._default_params, **kwargs}
+        if stop is not None:
+            params["stop"] = stop
+        stream_usage = params.pop("stream_usage", self.stream_usage)
+        if stream and params.get("n", 1) > 1:
+            raise ValueError("n > 1 is not supported when streaming")
+        return protocol.build_request(
+            model=self.model,
+            messages=_convert_messages_to_dicts(messages),
+            params=params,
+            stream=stream,
+            stream_usage=stream_usage,
+        )
+
+    # -- generation --------------------------------------------------------------------------
+
+    def _result(self, response: Any) -> ChatResult:
+        generations = []
+        for completion in protocol.parse_completion(response):
+            info = {"finish_reason": completion.finish_reason}
+            if "logprobs" in completion.metadata:
+                info["logprobs"] = completion.metadata["logprobs"]
+            generations.append(
+                ChatGeneration(
+                    message=_convert_completion_to_message(completion), generation_info=info
+                )
+            )
+        first = protocol.as_dict(response)
+        return ChatResult(
+            generations=generations,
+            llm_output={
+                "token_usage": first.get("usage"),
+                "model_name": first.get("model"),
+                "model_provider": PROVIDER,
+                "system_fingerprint": first.get("system_fingerprint"),
+                "id": first.get("id"),
+            },
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        request = self._request(messages, stop, stream=False, **kwargs)
+        try:
+            response = self._client().chat.completions.create(**request)
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+        return self._result(response)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        request = self._request(messages, stop, stream=False, **kwargs)
+        try:
+            response = await self._client(async_client=True).chat.completions.create(**request)
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+        return self._result(response)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, stream=True, **kwargs)
+        parser = protocol.StreamParser()
+        try:
+            for raw in self._client().chat.completions.create(**request):
+                chunk = self._generation_chunk(parser.parse(raw))
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, stream=True, **kwargs)
+        parser = protocol.StreamParser()
+        try:
+            async for raw in await self._client(async_client=True).chat.completions.create(
+                **request
+            ):
+                chunk = self._generation_chunk(parser.parse(raw))
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+
+    @staticmethod
+    def _generation_chunk(delta: protocol.Delta) -> ChatGenerationChunk:
+        message = _convert_delta_to_chunk(delta)
+        info: dict[str, Any] = {}
+        if delta.finish_reason:
+            info["finish_reason"] = delta.finish_reason
+        if "logprobs" in delta.metadata:
+            info["logprobs"] = delta.metadata["logprobs"]
+        return ChatGenerationChunk(message=message, generation_info=info or None)
+
+    # -- tools and structured output ---------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; ``tool_choice`` takes "auto", "none", "any"/"required"/True, a tool's
+        name, or an OpenAI dict."""
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = [t["function"]["name"] for t in formatted]
+        choice = protocol.tool_choice_to_openai(tool_choice, names)
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | BaseModel]:
+        """Structured output; ``json_schema`` (the default) is constrained on the server."""
+        if kwargs:
+            raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        json_schema = convert_to_json_schema(schema)
+        output_format = {"kwargs": {"method": method, "strict": strict}, "schema": json_schema}
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=name,
+                strict=strict,
+                parallel_tool_calls=False,
+                ls_structured_output_format=output_format,
+            )
+            parser: Runnable = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema":
+                schema_dict = {k: v for k, v in json_schema.items() if k != "description"}
+                name = json_schema.get("title") or "output"
+                response_format = protocol.json_schema_format(schema_dict, name=name, strict=strict)
+            else:
+                response_format = {"type": "json_object"}
+            llm = self.bind(
+                response_format=response_format, ls_structured_output_format=output_format
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+            )  # type: ignore[arg-type]
+        else:
+            raise ValueError(
+                f"method must be json_schema, function_calling or json_mode, got {method!r}"
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [fallback], exception_key="parsing_error"
+        )

@@ -1,0 +1,314 @@
+"""The chat protocol, once, for every adapter: build the request (standard OpenAI fields plus
+vLLM extras), and parse responses and stream chunks (tool calls, reasoning, usage, logprobs,
+token ids). Adapters only convert their framework's types to and from these OpenAI-shaped dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Standard fields the openai SDK takes as keyword arguments.
+STANDARD_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "seed",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "max_completion_tokens",
+        "reasoning_effort",
+        "user",
+        "metadata",
+        "service_tier",
+    }
+)
+# vLLM extras W&B accepts: the SDK rejects unknown kwargs, so they travel in ``extra_body``.
+VLLM_PARAMS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "min_tokens",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "ignore_eos",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "chat_template_kwargs",
+        "structured_outputs",
+        "cache_salt",
+        "priority",
+        "return_token_ids",
+        "return_tokens_as_token_ids",
+        "add_generation_prompt",
+        "continue_final_message",
+        "include_reasoning",
+        "truncate_prompt_tokens",
+    }
+)
+# Removed from vLLM (>=0.12) and silently ignored there: never sent.
+REMOVED_PARAMS = frozenset({"guided_json", "guided_regex", "guided_choice", "guided_grammar"})
+
+
+def tool_choice_to_openai(choice: Any, tool_names: list[str]) -> str | dict[str, Any] | None:
+    """Map every tool_choice form frameworks pass to the OpenAI one.
+
+    "any"/"required"/True force a call (the named form when there is exactly one tool, which
+    more servers honour); a tool's name forces that tool; "auto"/"none" and dicts pass through.
+    """
+    if choice is None or choice is False:
+        return None
+    if choice in ("any", "required", True):
+        if len(tool_names) == 1:
+            return {"type": "function", "function": {"name": tool_names[0]}}
+        return "required"
+    if choice in ("auto", "none"):
+        return choice
+    if isinstance(choice, str):
+        if tool_names and choice not in tool_names:
+            raise ValueError(f"tool_choice {choice!r} is not one of the bound tools {tool_names}")
+        return {"type": "function", "function": {"name": choice}}
+    if isinstance(choice, dict):
+        if "function" in choice or choice.get("type") in ("auto", "none", "required"):
+            return choice if "function" in choice else choice["type"]
+        if "name" in choice:  # {"type": "tool", "name": ...} (Anthropic style)
+            return {"type": "function", "function": {"name": choice["name"]}}
+    raise ValueError(f"unsupported tool_choice {choice!r}")
+
+
+def json_schema_format(
+    schema: dict[str, Any], *, name: str | None = None, strict: bool | None = None
+) -> dict[str, Any]:
+    """``response_format`` for a JSON schema (constrained on the server)."""
+    spec: dict[str, Any] = {"name": name or schema.get("title") or "output", "schema": schema}
+    if strict is not None:
+        spec["strict"] = strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def build_request(
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    stream: bool = False,
+    stream_usage: bool = True,
+) -> dict[str, Any]:
+    """Keyword arguments for ``client.chat.completions.create``.
+
+    ``params`` mixes standard and vLLM names; ``None`` values are dropped, ``max_tokens`` is
+    sent as ``max_completion_tokens``, vLLM names go into ``extra_body``, and ``extra_body`` /
+    ``model_kwargs`` style entries are merged last.
+    """
+    params = {k: v for k, v in params.items() if v is not None}
+    removed = REMOVED_PARAMS & params.keys()
+    if removed:
+        raise ValueError(
+            f"{sorted(removed)} were removed from vLLM and are silently ignored there; "
+            "use response_format or structured_outputs"
+        )
+    extra_body = dict(params.pop("extra_body", None) or {})
+    if "max_tokens" in params:
+        params.setdefault("max_completion_tokens", params.pop("max_tokens"))
+    request: dict[str, Any] = {"model": params.pop("model", model), "messages": messages}
+    for key, value in params.items():
+        if key in VLLM_PARAMS:
+            extra_body.setdefault(key, value)
+        else:
+            request[key] = value
+    if stream:
+        request["stream"] = True
+        if stream_usage:
+            request.setdefault("stream_options", {"include_usage": True})
+    if extra_body:
+        request["extra_body"] = extra_body
+    return request
+
+
+def parse_arguments(raw: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Tool-call arguments as a dict, or the reason they are not one. Empty means ``{}``."""
+    if raw is None or not raw.strip():
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        return None, f"arguments are not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"arguments must be a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+@dataclass
+class ToolCall:
+    id: str | None
+    name: str
+    arguments: str
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cache_read: int | None = None
+    reasoning: int | None = None
+
+    @classmethod
+    def parse(cls, usage: dict[str, Any] | None) -> Usage | None:
+        if not usage:
+            return None
+        prompt = usage.get("prompt_tokens") or 0
+        completion = usage.get("completion_tokens") or 0
+        return cls(
+            input_tokens=prompt,
+            output_tokens=completion,
+            total_tokens=usage.get("total_tokens") or prompt + completion,
+            cache_read=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            reasoning=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
+        )
+
+
+def _reasoning(message: dict[str, Any]) -> str | None:
+    # W&B's current docs say `reasoning`; older servers (and vLLM < 0.17) `reasoning_content`.
+    return message.get("reasoning") or message.get("reasoning_content") or None
+
+
+@dataclass
+class Completion:
+    """One choice of a chat completion, with everything trace hooks and trainers need."""
+
+    content: str
+    reasoning: str | None
+    tool_calls: list[ToolCall]
+    finish_reason: str | None
+    model: str | None
+    id: str | None
+    usage: Usage | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    raw_choice: dict[str, Any] = field(default_factory=dict)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """An openai response object (or dict) as a plain dict, unknown vLLM fields included."""
+    if isinstance(obj, dict):
+        return obj
+    return obj.model_dump(mode="json", exclude_unset=False)
+
+
+def parse_completion(response: Any) -> list[Completion]:
+    """Every choice of a ``chat.completion`` response."""
+    data = as_dict(response)
+    usage = Usage.parse(data.get("usage"))
+    out = []
+    for choice in data.get("choices") or []:
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(c.get("id"), c["function"]["name"], c["function"].get("arguments") or "")
+            for c in message.get("tool_calls") or []
+            if c.get("function")
+        ]
+        metadata = {
+            "model_name": data.get("model"),
+            "id": data.get("id"),
+            "system_fingerprint": data.get("system_fingerprint"),
+            "finish_reason": choice.get("finish_reason"),
+        }
+        for key in ("logprobs", "stop_reason", "token_ids"):
+            if choice.get(key) is not None:
+                metadata[key] = choice[key]
+        if data.get("prompt_token_ids") is not None:
+            metadata["prompt_token_ids"] = data["prompt_token_ids"]
+        out.append(
+            Completion(
+                content=message.get("content") or "",
+                reasoning=_reasoning(message),
+                tool_calls=calls,
+                finish_reason=choice.get("finish_reason"),
+                model=data.get("model"),
+                id=data.get("id"),
+                usage=usage,
+                metadata={k: v for k, v in metadata.items() if v is not None},
+                raw_choice=choice,
+            )
+        )
+    return out
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass
+class Delta:
+    """One stream chunk's contribution to choice 0 (or the usage-only final chunk)."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamParser:
+    """Turns chunks into Deltas; tolerates servers that omit a tool call's ``index``."""
+
+    def __init__(self) -> None:
+        self._index_by_id: dict[str, int] = {}
+        self._last_index = -1
+
+    def _index(self, call: dict[str, Any]) -> int:
+        if call.get("index") is not None:
+            self._last_index = int(call["index"])
+        elif call.get("id"):
+            self._last_index = self._index_by_id.setdefault(call["id"], len(self._index_by_id))
+        else:
+            self._last_index = max(self._last_index, 0)
+        if call.get("id"):
+            self._index_by_id.setdefault(call["id"], self._last_index)
+        return self._last_index
+
+    def parse(self, chunk: Any) -> Delta:
+        data = as_dict(chunk)
+        delta = Delta(
+            usage=Usage.parse(data.get("usage")), model=data.get("model"), id=data.get("id")
+        )
+        choices = data.get("choices") or []
+        if not choices:
+            return delta
+        choice = choices[0]
+        body = choice.get("delta") or {}
+        delta.content = body.get("content") or ""
+        delta.reasoning = _reasoning(body) or ""
+        for call in body.get("tool_calls") or []:
+            function = call.get("function") or {}
+            delta.tool_calls.append(
+                ToolCallDelta(
+                    self._index(call),
+                    call.get("id"),
+                    function.get("name"),
+                    function.get("arguments") or "",
+                )
+            )
+        delta.finish_reason = choice.get("finish_reason")
+        for key in ("logprobs", "token_ids", "stop_reason"):
+            if choice.get(key) is not None:
+                delta.metadata[key] = choice[key]
+        if choice.get("prompt_token_ids") is not None:
+            delta.metadata["prompt_token_ids"] = choice["prompt_token_ids"]
+        if data.get("prompt_token_ids") is not None:
+            delta.metadata["prompt_token_ids"] = data["prompt_token_ids"]
+        return delta
