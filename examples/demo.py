@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
-from langchain.agents import create_agent
 
 from langchain_wandb import ChatWandb
 from wandb_serverless.local import LocalBackend
@@ -29,19 +29,31 @@ def get_weather(city: str) -> str:
 
 def main() -> None:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as data_dir, LocalBackend.start(
-        data_dir=data_dir, model_cache_dir=MODEL_CACHE
-    ) as backend:
-        print(f"local backend: {backend.base_url} serving {backend.model_id} "
-              f"({time.monotonic() - started:.1f}s to start)")
-        llm = ChatWandb(model="default", base_url=backend.base_url, api_key=backend.api_key,
-                        temperature=0, max_tokens=48, return_token_ids=True, logprobs=True)
+    with (
+        tempfile.TemporaryDirectory() as data_dir,
+        LocalBackend.start(data_dir=data_dir, model_cache_dir=MODEL_CACHE) as backend,
+    ):
+        print(
+            f"local backend: {backend.base_url} serving {backend.model_id} "
+            f"({time.monotonic() - started:.1f}s to start)"
+        )
+        llm = ChatWandb(
+            model="default",
+            base_url=backend.base_url,
+            api_key=backend.api_key,
+            temperature=0,
+            max_tokens=48,
+            return_token_ids=True,
+            logprobs=True,
+        )
 
         answer = llm.invoke("What is the capital of France?")
         meta = answer.response_metadata
         print(f"\ninvoke: {answer.content!r}")
-        print(f"  {len(meta['token_ids'])} completion tokens, ids {meta['token_ids'][:8]}..., "
-              f"logprob of first token {meta['logprobs']['content'][0]['logprob']:.3f}")
+        print(
+            f"  {len(meta['token_ids'])} completion tokens, ids {meta['token_ids'][:8]}..., "
+            f"logprob of first token {meta['logprobs']['content'][0]['logprob']:.3f}"
+        )
 
         forced = llm.bind_tools([get_weather], tool_choice="get_weather")
         call = forced.invoke("What's the weather like in Lisbon?").tool_calls[0]

@@ -54,21 +54,6 @@ from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings
 
 PROVIDER = "wandb"
-_VLLM_FIELDS = (
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "min_tokens",
-    "stop_token_ids",
-    "include_stop_str_in_output",
-    "ignore_eos",
-    "skip_special_tokens",
-    "return_token_ids",
-    "chat_template_kwargs",
-    "structured_outputs",
-    "cache_salt",
-    "priority",
-)
 
 
 # Content blocks that are the model's own reasoning: never sent back (as ChatOpenAI does).
@@ -362,7 +347,7 @@ class ChatWandb(BaseChatModel):
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs,
             "reasoning_effort": self.reasoning_effort,
-            **{name: getattr(self, name) for name in _VLLM_FIELDS},
+            **{name: getattr(self, name) for name in protocol.VLLM_PARAMS & _FIELDS},
             **self.model_kwargs,
         }
         if self.extra_body:
@@ -609,3 +594,6 @@ class ChatWandb(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks(
             [fallback], exception_key="parsing_error"
         )
+
+
+_FIELDS = frozenset(ChatWandb.model_fields)

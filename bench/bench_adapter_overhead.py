@@ -1,0 +1,65 @@
+"""Adapter overhead over the raw openai SDK, against an instant loopback server, interleaved.
+
+Target (issue 5): ChatWandb's overhead <= 0.5x ChatOpenAI's, for invoke and for stream.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import openai
+from instant_server import start
+from langchain_openai import ChatOpenAI
+
+from langchain_wandb import ChatWandb
+
+ROUNDS = 400
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def run() -> dict[str, float]:
+    url, server = start()
+    raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+    lc_openai = ChatOpenAI(model="m", base_url=url, api_key="k", max_retries=0, stream_usage=True)
+    ours = ChatWandb(model="m", base_url=url, api_key="k", max_retries=0)
+    cases = {
+        "raw_invoke": lambda: raw.chat.completions.create(model="m", messages=MESSAGES),
+        "chatopenai_invoke": lambda: lc_openai.invoke("Hello"),
+        "chatwandb_invoke": lambda: ours.invoke("Hello"),
+        "raw_stream": lambda: list(
+            raw.chat.completions.create(
+                model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+        ),
+        "chatopenai_stream": lambda: list(lc_openai.stream("Hello")),
+        "chatwandb_stream": lambda: list(ours.stream("Hello")),
+    }
+    for fn in cases.values():  # warm up connections and imports
+        for _ in range(20):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(ROUNDS):  # interleaved: every case sees the same machine state
+        for name, fn in cases.items():
+            samples[name].append(timed(fn))
+    server.shutdown()
+    median = {name: statistics.median(values) * 1e6 for name, values in samples.items()}
+    result = dict(median)
+    for kind in ("invoke", "stream"):
+        ours_over = median[f"chatwandb_{kind}"] - median[f"raw_{kind}"]
+        theirs_over = median[f"chatopenai_{kind}"] - median[f"raw_{kind}"]
+        result[f"chatwandb_{kind}_overhead_us"] = ours_over
+        result[f"chatopenai_{kind}_overhead_us"] = theirs_over
+        result[f"{kind}_overhead_ratio"] = ours_over / theirs_over
+    return result
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key:32s} {value:10.2f}")

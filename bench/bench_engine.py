@@ -1,0 +1,124 @@
+"""Local engine throughput vs raw transformers ``model.generate`` on the same model and prompt.
+
+Targets (issue 3): single stream >= 0.95x raw generate; 8 concurrent >= 3.5x single;
+16 concurrent >= 5x single; constrained decoding <= 15% slower than unconstrained; TTFT reported.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+import torch
+
+from wandb_serverless.local import LocalBackend
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
+TOKENS = 64
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+
+
+def raw_generate_tps(backend: LocalBackend) -> float:
+    loaded = backend.app.state.backend.loaded
+    tok, model = loaded.tokenizer, loaded.model
+    text = tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            started = time.perf_counter()
+            model.generate(ids, max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False)
+            times.append(time.perf_counter() - started)
+    return TOKENS / statistics.median(times)
+
+
+def server_tps(client: openai.OpenAI, concurrency: int, **extra) -> float:
+    def one(_: int) -> int:
+        reply = client.chat.completions.create(
+            model="default",
+            messages=PROMPT,
+            max_tokens=TOKENS,
+            temperature=0,
+            extra_body={"ignore_eos": True, **extra},
+        )
+        return reply.usage.completion_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        started = time.perf_counter()
+        tokens = sum(pool.map(one, range(concurrency)))
+        return tokens / (time.perf_counter() - started)
+
+
+def ttft_ms(client: openai.OpenAI) -> float:
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for chunk in client.chat.completions.create(
+            model="default", messages=PROMPT, max_tokens=8, stream=True
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                samples.append(time.perf_counter() - started)
+                break
+    return statistics.median(samples) * 1000
+
+
+def constrained_tps(client: openai.OpenAI, response_format: dict | None) -> float:
+    rates = []
+    for seed in range(3):
+        kwargs = (
+            {"response_format": response_format}
+            if response_format
+            else {"extra_body": {"ignore_eos": True}}
+        )
+        started = time.perf_counter()
+        reply = client.chat.completions.create(
+            model="default",
+            messages=PROMPT,
+            max_tokens=TOKENS,
+            temperature=0.7,
+            seed=seed,
+            **kwargs,
+        )
+        rates.append(reply.usage.completion_tokens / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def run() -> dict[str, float]:
+    torch.set_num_threads(torch.get_num_threads())
+    with (
+        tempfile.TemporaryDirectory() as data,
+        LocalBackend.start(data_dir=data, model_cache_dir=CACHE) as backend,
+    ):
+        client = openai.OpenAI(base_url=backend.base_url, api_key=backend.api_key, max_retries=0)
+        server_tps(client, 1)  # warm up
+        raw = raw_generate_tps(backend)
+        single = statistics.median(server_tps(client, 1) for _ in range(3))
+        eight = server_tps(client, 8)
+        sixteen = server_tps(client, 16)
+        free = constrained_tps(client, None)
+        schema = constrained_tps(
+            client, {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+        )
+        return {
+            "raw_generate_tok_s": raw,
+            "single_stream_tok_s": single,
+            "single_vs_raw_ratio": single / raw,
+            "concurrent8_tok_s": eight,
+            "concurrent8_vs_single": eight / single,
+            "concurrent16_tok_s": sixteen,
+            "concurrent16_vs_single": sixteen / single,
+            "unconstrained_tok_s": free,
+            "json_schema_tok_s": schema,
+            "constrained_slowdown": 1 - schema / free,
+            "ttft_ms": ttft_ms(client),
+        }
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key:28s} {value:10.3f}")

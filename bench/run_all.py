@@ -1,0 +1,54 @@
+"""Run every benchmark and rewrite bench/RESULTS.md (by hand: `make bench`; never part of tests)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import bench_adapter_overhead  # noqa: E402
+import bench_engine  # noqa: E402
+
+TARGETS = {
+    "invoke_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
+    "stream_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
+    "single_vs_raw_ratio": (">= 0.95", lambda v: v >= 0.95),
+    "concurrent8_vs_single": (">= 3.5", lambda v: v >= 3.5),
+    "concurrent16_vs_single": (">= 5", lambda v: v >= 5),
+    "constrained_slowdown": ("<= 0.15", lambda v: v <= 0.15),
+}
+
+
+def main() -> None:
+    sections = {
+        "Adapter overhead (µs, medians of 400 interleaved rounds)": bench_adapter_overhead.run(),
+        "Local engine (SmolLM2-135M fp32, 64 tokens)": bench_engine.run(),
+    }
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {datetime.date.today().isoformat()} on {os.cpu_count()} cores with `make bench`.",
+        "",
+    ]
+    for title, results in sections.items():
+        lines += [
+            f"## {title}",
+            "",
+            "| metric | value | target | met |",
+            "| --- | --- | --- | --- |",
+        ]
+        for key, value in results.items():
+            target, check = TARGETS.get(key, ("", None))
+            met = "" if check is None else ("yes" if check(value) else "**no**")
+            lines.append(f"| {key} | {value:.3f} | {target} | {met} |")
+        lines.append("")
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
