@@ -3,6 +3,7 @@ run against the local backend serving the real SmolLM2 model."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -61,9 +62,7 @@ def test_stream_yields_cumulative_snapshots_and_deltas(llm):
     assert responses[-1].message.content == final
     assert "".join(r.delta or "" for r in responses) == final
     contents = [r.message.content or "" for r in responses]
-    assert all(
-        later.startswith(earlier) for earlier, later in zip(contents, contents[1:], strict=False)
-    )
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(contents))
 
 
 async def test_astream(llm):
