@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         default_max_tokens=args.default_max_tokens,
+        entity=args.entity,
     )
     print(f"serving {app.state.backend.model_id} on http://{args.host}:{args.port}/v1", flush=True)
     if generated:
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help="completion cap when a request sets none",
     )
+    serve.add_argument("--entity", default="local", help="entity for models created without one")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     serve.set_defaults(handler=_serve)
     return parser

@@ -245,6 +245,24 @@ class TrainingJobs(_Resource):
         return self._call("GET", f"/preview/training-jobs/{job_id}", TrainingJobResponse)
 
 
+class LocalArtifacts(_Resource):
+    """The local backend's artifact store (W&B itself stores datasets with the ``wandb`` SDK)."""
+
+    def publish(
+        self,
+        rows: Iterable[dict[str, Any]],
+        *,
+        entity: str,
+        project: str,
+        name: str,
+        filename: str = "train.jsonl",
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, str]:
+        """Store rows as a new version: ``{"url": "wandb-artifact:///e/p/name:vN", "version"}``."""
+        body = {"rows": list(rows), "filename": filename, "metadata": metadata or {}}
+        return self._call("POST", f"/local/artifacts/{entity}/{project}/{name}", dict, json=body)
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -299,6 +317,7 @@ class _BaseClient:
         self.base_models = BaseModels(self)
         self.checkpoints = Checkpoints(self)
         self.training_jobs = TrainingJobs(self)
+        self.local_artifacts = LocalArtifacts(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from wandb_serverless.local.api_training import adapter_name, add_training_routes
 from wandb_serverless.local.engine import (
     DoneEvent,
     Engine,
@@ -32,7 +33,10 @@ from wandb_serverless.local.protocol import (
     TokenText,
     plan,
 )
+from wandb_serverless.local.state import State
 from wandb_serverless.local.tools import ParsedCall, ToolStreamParser, parse_tool_calls
+from wandb_serverless.local.trainer import TrainingWorker
+from wandb_serverless.models import CheckpointRef, is_checkpoint
 
 ARGUMENT_FRAGMENT = 16  # characters per streamed tool-argument delta
 
@@ -44,7 +48,10 @@ class Backend:
     loaded: LoadedModel
     engine: Engine
     api_key: str
+    state: State
+    worker: TrainingWorker
     default_max_tokens: int = 512
+    default_entity: str = "local"
     vocab: Vocabulary = field(init=False)
     token_text: TokenText = field(init=False)
     started: float = field(default_factory=time.time)
@@ -60,14 +67,41 @@ class Backend:
     def model_id(self) -> str:
         return self.loaded.model_id
 
-    def resolve_model(self, name: str | None) -> str | None:
-        """The adapter serving ``name`` (None for the base model); unknown names are a 404."""
+    def trainable_base_models(self) -> set[str]:
+        return {self.model_id, *DEFAULT_ALIASES}
+
+    def resolve_model(self, name: str | None) -> tuple[str, str] | None:
+        """(adapter name, path) serving ``name``; None for the base model; unknown names 404.
+
+        ``wandb-artifact:///e/p/name:stepN`` pins a step; ``:latest`` or no suffix is the newest
+        checkpoint; ``:step0``, or a model with no checkpoint yet, is the base model.
+        """
         if name in (None, self.model_id, *DEFAULT_ALIASES):
             return None
-        raise HTTPException(404, f"The model `{name}` does not exist.")
+        if not is_checkpoint(name):
+            raise HTTPException(404, f"The model `{name}` does not exist.")
+        try:
+            ref = CheckpointRef.parse(name)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        model = self.state.find_model(ref.entity, ref.project, ref.name)
+        if model is None:
+            raise HTTPException(404, f"The model `{name}` does not exist.")
+        if ref.step == 0:
+            return None
+        checkpoint = self.state.checkpoint(model.id, ref.step)
+        if checkpoint is None:
+            if ref.step is None:
+                return None
+            raise HTTPException(404, f"The model `{name}` has no checkpoint at step {ref.step}.")
+        return adapter_name(checkpoint.id), checkpoint.path
 
     def served_models(self) -> list[str]:
-        return [self.model_id]
+        checkpoints = [
+            str(CheckpointRef.of(m.entity, m.project, m.name, step))
+            for m, step in self.state.all_checkpoints()
+        ]
+        return [self.model_id, *checkpoints]
 
 
 def _auth(request: Request) -> None:
@@ -98,13 +132,14 @@ def create_app(backend: Backend) -> FastAPI:
     @app.get("/v1/system-check")
     async def system_check() -> JSONResponse:
         engine_ok = backend.engine.alive()
+        database_ok = backend.state.healthy()
         body = {
             "api": True,
-            "database": True,
+            "database": database_ok,
             "cpu_queue": {"success": engine_ok, "duration": 0.0, **backend.engine.load},
             "gpu_queue": {"success": True, "duration": 0.0, "available": False},
         }
-        return JSONResponse(body, status_code=200 if engine_ok else 503)
+        return JSONResponse(body, status_code=200 if engine_ok and database_ok else 503)
 
     @app.get("/v1/preview/base-models")
     async def base_models() -> list[str]:
@@ -143,6 +178,7 @@ def create_app(backend: Backend) -> FastAPI:
         finally:
             call.cancel()
 
+    add_training_routes(app, backend, authed)
     app.post("/v1/chat/completions", dependencies=authed)(chat)
     app.post("/v1/chat/completions/", dependencies=authed, include_in_schema=False)(chat)
     return app
@@ -152,7 +188,11 @@ class _Call:
     """One chat request in flight: n engine sequences feeding one asyncio queue."""
 
     def __init__(
-        self, backend: Backend, body: ChatCompletionRequest, run: Plan, adapter: str | None
+        self,
+        backend: Backend,
+        body: ChatCompletionRequest,
+        run: Plan,
+        adapter: tuple[str, str] | None,
     ) -> None:
         self.backend, self.body, self.plan = backend, body, run
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -170,8 +210,9 @@ class _Call:
             def sink(event: TokenEvent | DoneEvent, index: int = index) -> None:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
+            name, path = adapter or (None, None)
             self.requests.append(
-                GenerationRequest(run.prompt_ids, params, sink, constraint, adapter)
+                GenerationRequest(run.prompt_ids, params, sink, constraint, name, path)
             )
 
     def submit(self) -> None:

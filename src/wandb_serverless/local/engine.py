@@ -77,7 +77,8 @@ class GenerationRequest:
     params: SamplingParams
     sink: Sink
     constraint: Constraint | None = None
-    adapter: str | None = None
+    adapter: str | None = None  # a LoRA checkpoint's name; None is the base model
+    adapter_path: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -302,6 +303,8 @@ class Engine:
         )
         self.steps = 0
         self.adapters: set[str] = set()
+        self._stale: set[str] = set()
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread.start()
 
     # -- public ------------------------------------------------------------------------------
@@ -314,6 +317,10 @@ class Engine:
     @property
     def load(self) -> dict[str, int]:
         return {"running": len(self._batch.rows), "waiting": self._pending.qsize()}
+
+    def drop_adapter(self, name: str) -> None:
+        """Unload a checkpoint's adapter (on the engine thread, between steps)."""
+        self._commands.put(lambda: self._unload(name))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -328,6 +335,8 @@ class Engine:
         torch.set_grad_enabled(False)
         while not self._stop.is_set():
             try:
+                while not self._commands.empty():
+                    self._commands.get_nowait()()
                 self._admit()
                 if self._batch.rows:
                     self._decode()
@@ -357,6 +366,31 @@ class Engine:
                 log.exception("prefill failed")
                 request.sink(DoneEvent("error", error=f"{type(exc).__name__}: {exc}"))
 
+    def _load(self, name: str, path: str) -> None:
+        """Load a LoRA adapter beside the others; rows pick theirs per forward pass."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        self.model.eval()
+        self.adapters.add(name)
+        for stale in list(self._stale):
+            self._stale.discard(stale)
+            self.model.delete_adapter(stale)
+
+    def _unload(self, name: str) -> None:
+        if name not in self.adapters:
+            return
+        self.adapters.discard(name)
+        # Deleting peft's only adapter leaves stale references that break every later forward
+        # pass, so the last one stays loaded (unused) until another adapter replaces it.
+        if len(self.model.peft_config) > 1:
+            self.model.delete_adapter(name)
+        else:
+            self._stale.add(name)
+
     def _forward_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
         if not self.adapters:
             return {}
@@ -364,6 +398,11 @@ class Engine:
 
     def _prefill(self, request: GenerationRequest) -> None:
         from transformers import DynamicCache
+
+        if request.adapter and request.adapter not in self.adapters:
+            if not request.adapter_path:
+                raise ValueError(f"adapter {request.adapter} has no path")
+            self._load(request.adapter, request.adapter_path)
 
         ids = torch.tensor([request.prompt_ids], dtype=torch.long)
         length = ids.shape[1]

@@ -38,11 +38,14 @@ def build_app(
     max_batch_size: int = 16,
     max_queue: int = 256,
     default_max_tokens: int = 512,
+    entity: str = "local",
 ) -> Any:
     """Load the model, start its engine, and return the FastAPI app serving them."""
     from wandb_serverless.local import loader
     from wandb_serverless.local.app import Backend, create_app
     from wandb_serverless.local.engine import Engine
+    from wandb_serverless.local.state import State
+    from wandb_serverless.local.trainer import TrainingWorker
 
     data_dir.mkdir(parents=True, exist_ok=True)
     cache = model_cache_dir or Path(os.environ.get(ENV_MODEL_CACHE) or data_dir / "models")
@@ -50,7 +53,17 @@ def build_app(
     engine = Engine(
         loaded.model, loaded.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue
     )
-    backend = Backend(loaded, engine, api_key, default_max_tokens=default_max_tokens)
+    state = State(data_dir)
+    worker = TrainingWorker(state, loaded.path, loaded.tokenizer)
+    backend = Backend(
+        loaded,
+        engine,
+        api_key,
+        state,
+        worker,
+        default_max_tokens=default_max_tokens,
+        default_entity=entity,
+    )
     return create_app(backend)
 
 
@@ -146,7 +159,10 @@ class LocalBackend:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.app is not None:
-            self.app.state.backend.engine.close()
+            backend = self.app.state.backend
+            backend.worker.close()
+            backend.engine.close()
+            backend.state.close()
 
     def __repr__(self) -> str:
         return f"LocalBackend(base_url={self.base_url!r}, model={self.model!r})"

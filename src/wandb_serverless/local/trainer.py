@@ -1,0 +1,478 @@
+"""Real LoRA training on CPU behind the training-job API: RL on trajectory groups and SFT on
+``train.jsonl`` datasets, one job at a time, each producing the next checkpoint.
+
+RL: group-relative advantages (reward - group mean, divided by the group's std unless
+``scale_rewards``/``normalize_advantages`` is false); zero-variance groups are skipped and counted.
+Each trainable model turn (a ``Choice`` with logprobs) is one sequence: the recorded
+``prompt_token_ids + token_ids`` when present (no retokenisation drift), otherwise the chat
+template. The loss is importance-weighted against the recorded logprobs: PPO's clipped objective
+(``epsilon``/``epsilon_high``, default 0.2) or CISPO (``loss_fn="cispo"``), normalised by the
+number of trainable tokens; one optimizer step per job. Honoured config fields: learning_rate,
+epsilon, epsilon_high, loss_fn, ppo, scale_rewards, normalize_advantages,
+allow_training_without_logprobs; the rest are accepted and ignored (documented in
+docs/local-backend.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wandb_serverless.local.state import JobRow, State
+from wandb_serverless.local.tools import prepare_messages
+from wandb_serverless.models import ArtifactRef
+from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup, choice_to_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RL_LR = 5e-4  # LoRA on a 135M model (rl_probe.md); hosted W&B's defaults differ
+DEFAULT_SFT_LR = 5e-4
+DEFAULT_SFT_BATCH = 4
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+_TOKEN_ID = re.compile(r"^token_id:(\d+)$")
+
+
+class TrainingError(Exception):
+    """A job that cannot run; its message becomes ``training_failed.error_message``."""
+
+
+@dataclass
+class Sample:
+    """One trainable sequence: loss on ``ids[start:]``."""
+
+    ids: list[int]
+    start: int
+    advantage: float = 1.0
+    old_logprobs: list[float] | None = None
+
+
+# -- turning data into token sequences ---------------------------------------------------------
+
+
+class Tokenization:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token_id
+
+    def render(
+        self, messages: list[dict], tools: list[dict] | None, generation_prompt: bool
+    ) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            prepare_messages(messages, tools),
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def completion_ids(self, message: dict) -> list[int]:
+        text = prepare_messages([message], None)[0]["content"]
+        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.eos]
+
+    def assistant_spans(
+        self, messages: list[dict], tools: list[dict] | None
+    ) -> tuple[list[int], list[bool]]:
+        """The whole conversation's ids and a mask that is True on assistant tokens."""
+        ids: list[int] = []
+        mask: list[bool] = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self.render(messages[:i], tools, True)
+            full = prompt + self.completion_ids(message)
+            if full[: len(ids)] != ids:
+                raise TrainingError(
+                    "the chat template does not extend earlier turns; cannot mask assistant tokens"
+                )
+            mask += [False] * (len(prompt) - len(ids)) + [True] * (len(full) - len(prompt))
+            ids = full
+        return ids, mask
+
+
+def _choice_tokens(choice: Any) -> tuple[list[int] | None, list[int] | None, list[float] | None]:
+    extra = choice.model_extra or {}
+    entries = (choice.logprobs.content or []) if choice.logprobs else []
+    logprobs = [e.logprob for e in entries] or None
+    token_ids = extra.get("token_ids")
+    if token_ids is None and entries:
+        parsed = [_TOKEN_ID.match(e.token) for e in entries]
+        if all(parsed):
+            token_ids = [int(m.group(1)) for m in parsed]  # type: ignore[union-attr]
+    return extra.get("prompt_token_ids"), token_ids, logprobs
+
+
+def rl_samples(
+    groups: list[TrajectoryGroup], tok: Tokenization, config: dict[str, Any]
+) -> tuple[list[Sample], dict[str, float]]:
+    scale = config.get("normalize_advantages", config.get("scale_rewards", True))
+    scale = True if scale is None else scale
+    without_logprobs = bool(config.get("allow_training_without_logprobs"))
+    samples: list[Sample] = []
+    rewards, stds, trainable_groups = [], [], 0
+    for group in groups:
+        values = group.rewards
+        rewards += values
+        std = group.reward_std()
+        stds.append(std)
+        if not group.has_signal():
+            continue
+        trainable_groups += 1
+        mean = sum(values) / len(values)
+        for trajectory in group.trajectories:
+            advantage = (trajectory.reward - mean) / (std + 1e-6 if scale else 1.0)
+            if advantage == 0:
+                continue
+            samples += _trajectory_samples(trajectory, advantage, tok, without_logprobs)
+    stats = {
+        "reward": sum(rewards) / max(1, len(rewards)),
+        "reward_std_dev": sum(stds) / max(1, len(stds)),
+        "num_trajectories": float(len(rewards)),
+        "num_groups_submitted": float(len(groups)),
+        "num_groups_trainable": float(trainable_groups),
+    }
+    return samples, stats
+
+
+def _trajectory_samples(
+    trajectory: Trajectory, advantage: float, tok: Tokenization, without_logprobs: bool
+) -> list[Sample]:
+    samples = []
+    for history in [trajectory, *trajectory.additional_histories]:
+        context: list[dict] = []
+        for item in history.messages_and_choices:
+            if isinstance(item, dict):
+                if item["role"] == "assistant" and without_logprobs:
+                    prompt = tok.render(context, history.tools, True)
+                    samples.append(
+                        Sample(prompt + tok.completion_ids(item), len(prompt), advantage)
+                    )
+                context.append(item)
+                continue
+            message = choice_to_message(item)
+            if item.logprobs is not None or without_logprobs:
+                prompt_ids, token_ids, logprobs = _choice_tokens(item)
+                if prompt_ids is None:
+                    prompt_ids = tok.render(context, history.tools, True)
+                if token_ids is None:
+                    token_ids = tok.completion_ids(message)
+                if logprobs is not None and len(logprobs) != len(token_ids):
+                    logprobs = None
+                samples.append(
+                    Sample(list(prompt_ids) + list(token_ids), len(prompt_ids), advantage, logprobs)
+                )
+            context.append(message)
+    return samples
+
+
+def _adamw(model: Any, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+    )
+
+
+def _token_logprobs(model: Any, sample: Sample) -> torch.Tensor:
+    ids = torch.tensor([sample.ids])
+    logits = model(input_ids=ids).logits[0, sample.start - 1 : -1].float()
+    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, sample.start :, None])[:, 0]
+
+
+# -- SFT data ----------------------------------------------------------------------------------
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def validate_row(row: Any, number: int) -> dict[str, Any]:
+    """One train.jsonl row, or TrainingError naming the row (1-based) and what is wrong."""
+    where = f"row {number}"
+    if (
+        not isinstance(row, dict)
+        or not isinstance(row.get("messages"), list)
+        or not row["messages"]
+    ):
+        raise TrainingError(f"{where}: 'messages' must be a non-empty list")
+    for i, message in enumerate(row["messages"]):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise TrainingError(f"{where}: messages[{i}].role must be one of {sorted(ROLES)}")
+    if row["messages"][-1]["role"] != "assistant":
+        raise TrainingError(f"{where}: the last message must be from the assistant")
+    tools = row.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list)
+        and all(
+            isinstance(t, dict) and t.get("type") == "function" and "name" in t.get("function", {})
+            for t in tools
+        )
+    ):
+        raise TrainingError(f"{where}: 'tools' must be OpenAI function tools")
+    return row
+
+
+def resolve_dataset(url: str, state: State) -> Path:
+    """A ``wandb-artifact:///`` dataset in the local artifact store, or a ``file://`` path."""
+    if url.startswith("file://"):
+        path = Path(url[len("file://") :])
+    else:
+        try:
+            ref = ArtifactRef.parse(url)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        base = state.artifacts_dir / ref.entity / ref.project / ref.name
+        alias = ref.alias or "latest"
+        if alias == "latest" and base.is_dir():
+            versions = sorted(
+                (p for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)),
+                key=lambda p: int(p.name[1:]),
+            )
+            alias = versions[-1].name if versions else alias
+        path = base / alias
+    if path.is_dir():
+        for name in ("train.jsonl", "trajectories.jsonl"):
+            if (path / name).is_file():
+                return path / name
+    if path.is_file():
+        return path
+    raise TrainingError(f"training data {url!r} was not found in the local artifact store")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError:
+                raise TrainingError(f"row {number}: not valid JSON") from None
+            if path.name == "trajectories.jsonl":  # one Trajectory per line
+                trajectory = Trajectory.model_validate(data)
+                data = {"messages": trajectory.messages(), "tools": trajectory.tools}
+            rows.append(validate_row(data, number))
+    if not rows:
+        raise TrainingError(f"{path.name} has no rows")
+    return rows
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+
+class TrainingWorker:
+    """Runs queued jobs one at a time on a background thread; the API never waits for it."""
+
+    def __init__(
+        self,
+        state: State,
+        base_path: Path,
+        tokenizer: Any,
+        on_checkpoint: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.base_path = base_path
+        self.tok = Tokenization(tokenizer)
+        self.on_checkpoint = on_checkpoint
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.state.fail_interrupted_jobs()
+        self._thread = threading.Thread(
+            target=self._run, name="wandb-serverless-trainer", daemon=True
+        )
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self.state.next_queued_job()
+            if job is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._execute(job)
+
+    def _execute(self, job: JobRow) -> None:
+        self.state.set_job_status(job.id, "running")
+        try:
+            step = (self._rl if job.kind == "rl" else self._sft)(job)
+        except Exception as exc:
+            if not isinstance(exc, TrainingError):
+                log.exception("training job %s failed", job.id)
+            message = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+            self.state.add_event(job.id, "training_failed", {"error_message": message})
+            self.state.set_job_status(job.id, "failed")
+            return
+        self.state.add_event(job.id, "training_ended", {"step": step})
+        self.state.set_job_status(job.id, "succeeded")
+
+    # -- the policy --------------------------------------------------------------------------
+
+    def _policy(self, model_id: str) -> Any:
+        """The base model with LoRA: the latest checkpoint's adapter, or a fresh one."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=torch.float32)
+        latest = self.state.checkpoint(model_id, None)
+        if latest is not None:
+            model = PeftModel.from_pretrained(base, latest.path, is_trainable=True)
+        else:
+            model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        model.eval()  # no dropout: the learner is the sampler
+        return model
+
+    def _save(self, job: JobRow, model: Any) -> int:
+        """Write the adapter atomically, then list the checkpoint (before training_ended)."""
+        step = self.state.latest_step(job.model_id) + 1
+        target = self.state.adapters_dir / job.model_id / f"step{step}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.state.add_checkpoint(job.model_id, step, target)
+        if self.on_checkpoint:
+            self.on_checkpoint(job.model_id, step)
+        return step
+
+    # -- RL ----------------------------------------------------------------------------------
+
+    def _rl(self, job: JobRow) -> int:
+        request = job.request
+        config = request.get("experimental_config") or {}
+        groups = [TrajectoryGroup.model_validate(g) for g in request["trajectory_groups"]]
+        samples, stats = rl_samples(groups, self.tok, config)
+        self.state.add_event(job.id, "training_started", {"num_sequences": 1})
+        started = time.monotonic()
+        model = self._policy(job.model_id)
+        lr = float(config.get("learning_rate") or DEFAULT_RL_LR)
+        metrics: dict[str, float] = {**stats, "learning_rate": lr, "num_trainable_tokens": 0.0}
+        if not samples:
+            if stats["num_groups_trainable"] == 0:
+                metrics.update(loss=0.0, grad_norm=0.0)  # no signal: the checkpoint equals the last
+            else:
+                raise TrainingError(
+                    "no trainable assistant turns: model turns must be Choice objects with logprobs "
+                    "(or set allow_training_without_logprobs)"
+                )
+        else:
+            metrics.update(self._rl_step(model, samples, config, lr))
+        metrics["tokens_per_second"] = metrics["num_trainable_tokens"] / max(
+            1e-9, time.monotonic() - started
+        )
+        self.state.add_event(job.id, "gradient_step", metrics)
+        return self._save(job, model)
+
+    @staticmethod
+    def _rl_step(
+        model: Any, samples: list[Sample], config: dict[str, Any], lr: float
+    ) -> dict[str, float]:
+        loss_fn = config.get("loss_fn") or ("cispo" if config.get("ppo") is False else "ppo")
+        low = float(config.get("epsilon") or 0.2)
+        high = float(config.get("epsilon_high") or low)
+        optimizer = _adamw(model, lr)
+        total_tokens = sum(len(s.ids) - s.start for s in samples)
+        loss_sum, clipped, ratio_sum = 0.0, 0.0, 0.0
+        model.train(False)
+        for sample in samples:
+            new = _token_logprobs(model, sample)
+            old = torch.tensor(sample.old_logprobs) if sample.old_logprobs else new.detach()
+            ratio = torch.exp(new - old)
+            advantage = torch.tensor(sample.advantage)
+            if loss_fn == "cispo":
+                weight = torch.clamp(ratio, max=1 + high).detach()
+                loss = -(weight * advantage * new).sum()
+            else:
+                clipped_ratio = torch.clamp(ratio, 1 - low, 1 + high)
+                loss = -torch.minimum(ratio * advantage, clipped_ratio * advantage).sum()
+            (loss / total_tokens).backward()
+            loss_sum += float(loss.detach())
+            clipped += float(((ratio < 1 - low) | (ratio > 1 + high)).sum())
+            ratio_sum += float(ratio.detach().sum())
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        )
+        optimizer.step()
+        return {
+            "loss": loss_sum / total_tokens,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else 0.0,
+            "num_trainable_tokens": float(total_tokens),
+            "num_datums": float(len(samples)),
+            "clip_fraction": clipped / total_tokens,
+            "mean_importance_ratio": ratio_sum / total_tokens,
+        }
+
+    # -- SFT ---------------------------------------------------------------------------------
+
+    def _sft(self, job: JobRow) -> int:
+        request = job.request
+        config = request.get("config") or {}
+        epochs = int((request.get("experimental_config") or {}).get("num_epochs", 1))
+        rows = read_rows(resolve_dataset(request["training_data_url"], self.state)) * max(1, epochs)
+        batch_size = config.get("batch_size")
+        batch_size = DEFAULT_SFT_BATCH if batch_size in (None, "auto") else int(batch_size)
+        batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        rates = config.get("learning_rate")
+        if isinstance(rates, list):
+            if len(rates) != len(batches):
+                raise TrainingError(
+                    f"learning_rate has {len(rates)} entries for {len(batches)} batches"
+                )
+        else:
+            rates = [float(rates or DEFAULT_SFT_LR)] * len(batches)
+        encoded = [self.tok.assistant_spans(row["messages"], row.get("tools")) for row in rows]
+        self.state.add_event(job.id, "training_started", {"num_sequences": len(batches)})
+        model = self._policy(job.model_id)
+        optimizer = _adamw(model, rates[0])
+        for index, batch in enumerate(batches):
+            for group in optimizer.param_groups:
+                group["lr"] = rates[index]
+            start = index * batch_size
+            items = encoded[start : start + len(batch)]
+            tokens = sum(sum(mask) for _, mask in items)
+            loss_sum = 0.0
+            for ids, mask in items:
+                logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+                targets = torch.tensor(ids[1:])
+                keep = torch.tensor(mask[1:])
+                losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+                loss = (losses * keep).sum()
+                (loss / max(1, tokens)).backward()
+                loss_sum += float(loss.detach())
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], 1.0
+                )
+            )
+            optimizer.step()
+            optimizer.zero_grad()
+            self.state.add_event(
+                job.id,
+                "gradient_step",
+                {
+                    "loss": loss_sum / max(1, tokens),
+                    "grad_norm": grad_norm,
+                    "learning_rate": float(rates[index]),
+                    "num_trainable_tokens": float(tokens),
+                    "step": float(index + 1),
+                },
+            )
+        return self._save(job, model)
