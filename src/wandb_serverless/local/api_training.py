@@ -33,6 +33,11 @@ class PublishDataset(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+def invalid(location: list[str | int], message: str) -> HTTPException:
+    """A 422 in FastAPI's own shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
+    return HTTPException(422, [{"loc": location, "msg": message, "type": "value_error"}])
+
+
 def adapter_name(checkpoint_id: str) -> str:
     return f"ckpt-{checkpoint_id}"
 
@@ -198,9 +203,9 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
     async def publish_dataset(
         entity: str, project: str, name: str, body: PublishDataset
     ) -> dict[str, Any]:
-        for value in (entity, project, name):
+        for label, value in (("entity", entity), ("project", project), ("name", name)):
             if not _NAME.match(value):
-                raise HTTPException(422, f"{value!r}: use letters, digits, '.', '_' or '-'")
+                raise invalid(["path", label], "use letters, digits, '.', '_' or '-'")
         base = state.artifacts_dir / entity / project / name
         base.mkdir(parents=True, exist_ok=True)
         version = 1 + max(
