@@ -57,6 +57,13 @@ VLLM_PARAMS = frozenset(
 REMOVED_PARAMS = frozenset({"guided_json", "guided_regex", "guided_choice", "guided_grammar"})
 
 
+def recording() -> bool:
+    """True while a rollout is recording in this context."""
+    from wandb_serverless.rollouts.recorder import current_rollout
+
+    return current_rollout() is not None
+
+
 def tool_choice_to_openai(choice: Any, tool_names: list[str]) -> str | dict[str, Any] | None:
     """Map every tool_choice form frameworks pass to the OpenAI one.
 
@@ -108,6 +115,11 @@ def build_request(
     ``model_kwargs`` style entries are merged last.
     """
     params = {k: v for k, v in params.items() if v is not None}
+    if recording():
+        # Inside a rollout the trainer needs the exact tokens: ask for them unless the caller
+        # explicitly said no. vLLM-style servers return them; others ignore the extras.
+        params.setdefault("logprobs", True)
+        params.setdefault("return_token_ids", True)
     removed = REMOVED_PARAMS & params.keys()
     if removed:
         raise ValueError(

@@ -141,6 +141,13 @@ def _convert_delta_to_chunk(delta: protocol.Delta) -> AIMessageChunk:
     )
 
 
+def _recorded(run_manager: Any) -> bool:
+    from langchain_wandb.callbacks import RolloutCallbackHandler
+
+    handlers = getattr(run_manager, "handlers", None) or []
+    return any(isinstance(h, RolloutCallbackHandler) for h in handlers)
+
+
 def _map_error(exc: openai.APIError) -> Exception:
     """openai errors → langchain-core's model errors (both isinstance checks keep working)."""
     message = str(exc)
@@ -394,10 +401,18 @@ class ChatWandb(BaseChatModel):
         return self._clients[key]
 
     def _request(
-        self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        stream: bool,
+        run_manager: Any = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         kwargs.pop("ls_structured_output_format", None)
         params = {**self._default_params, **kwargs}
+        if _recorded(run_manager):  # a rollout handler watches: it needs the exact tokens
+            params.setdefault("logprobs", True)
+            params.setdefault("return_token_ids", True)
         if stop is not None:
             params["stop"] = stop
         stream_usage = params.pop("stream_usage", self.stream_usage)
@@ -445,7 +460,7 @@ class ChatWandb(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        request = self._request(messages, stop, stream=False, **kwargs)
+        request = self._request(messages, stop, False, run_manager, **kwargs)
         try:
             response = self._client().chat.completions.create(**request)
         except openai.APIError as exc:
@@ -461,7 +476,7 @@ class ChatWandb(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        request = self._request(messages, stop, stream=False, **kwargs)
+        request = self._request(messages, stop, False, run_manager, **kwargs)
         try:
             response = await self._client(async_client=True).chat.completions.create(**request)
         except openai.APIError as exc:
@@ -475,7 +490,7 @@ class ChatWandb(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, stream=True, **kwargs)
+        request = self._request(messages, stop, True, run_manager, **kwargs)
         parser = protocol.StreamParser()
         try:
             for raw in self._client().chat.completions.create(**request):
@@ -493,7 +508,7 @@ class ChatWandb(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, stream=True, **kwargs)
+        request = self._request(messages, stop, True, run_manager, **kwargs)
         parser = protocol.StreamParser()
         try:
             async for raw in await self._client(async_client=True).chat.completions.create(

@@ -1,5 +1,17 @@
 """Rollouts: trajectories, groups, recording and storage of agent runs."""
 
+from wandb_serverless.rollouts.recorder import LLMCall, Rollout, current_rollout, rollout
+from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
 
-__all__ = ["Choice", "History", "Trajectory", "TrajectoryGroup"]
+__all__ = [
+    "Choice",
+    "History",
+    "LLMCall",
+    "Rollout",
+    "RolloutStore",
+    "Trajectory",
+    "TrajectoryGroup",
+    "current_rollout",
+    "rollout",
+]

@@ -1,0 +1,249 @@
+"""Record LangChain / LangGraph runs as trainable trajectories, with no change to the agent.
+
+Pass ``RolloutCallbackHandler()`` in ``config={"callbacks": [...]}`` or install it once with
+``RolloutCallbackHandler.install()``. Inside ``with rollout(...)`` every LLM call lands in that
+rollout; otherwise each root run (or each ``metadata={"rollout_id": ...}``) is one rollout,
+finished when its root run ends and kept in ``handler.trajectories`` (and the store).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import LLMResult
+from langchain_core.tracers.context import register_configure_hook
+
+from langchain_wandb.chat_models import _convert_messages_to_dicts
+from wandb_serverless.rollouts.recorder import (
+    HookGuard,
+    LLMCall,
+    Rollout,
+    current_rollout,
+    make_choice,
+)
+from wandb_serverless.rollouts.store import RolloutStore
+from wandb_serverless.rollouts.trajectory import Trajectory
+
+_installed: contextvars.ContextVar[RolloutCallbackHandler | None] = contextvars.ContextVar(
+    "wandb_rollout_handler", default=None
+)
+register_configure_hook(_installed, inheritable=True)
+
+
+def _openai_tool_calls(message: AIMessage) -> list[dict[str, Any]]:
+    calls = [
+        {
+            "id": c.get("id"),
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)},
+        }
+        for c in message.tool_calls
+    ]
+    calls += [
+        {
+            "id": c.get("id"),
+            "type": "function",
+            "function": {"name": c.get("name") or "", "arguments": c.get("args") or ""},
+        }
+        for c in message.invalid_tool_calls
+    ]
+    return calls
+
+
+def choice_from_message(message: BaseMessage, generation_info: dict[str, Any] | None = None) -> Any:
+    """The model's turn from an AIMessage: a Choice with exact tokens when the model returned
+    logprobs (ChatWandb also returns token ids), a plain assistant dict otherwise."""
+    metadata = {**(generation_info or {}), **getattr(message, "response_metadata", {})}
+    content = message.content if isinstance(message.content, str) else message.text
+    body: dict[str, Any] = {"content": content or None}
+    if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
+        body["tool_calls"] = _openai_tool_calls(message)
+    return make_choice(
+        body,
+        finish_reason=metadata.get("finish_reason"),
+        logprobs=metadata.get("logprobs"),
+        token_ids=metadata.get("token_ids"),
+        prompt_token_ids=metadata.get("prompt_token_ids"),
+    )
+
+
+class RolloutCallbackHandler(BaseCallbackHandler):
+    """Captures every chat-model call, tool result and error into rollouts."""
+
+    run_inline = True  # in order, in the caller's context (where the rollout contextvar lives)
+    raise_error = False
+
+    def __init__(self, store: RolloutStore | None = None, *, group: str | None = None) -> None:
+        self.store = store
+        self.group = group
+        self.trajectories: list[Trajectory] = []
+        self.guard = HookGuard("RolloutCallbackHandler")
+        self._parents: dict[UUID, UUID | None] = {}
+        self._runs: dict[UUID, Rollout] = {}  # run id -> its rollout
+        self._pending: dict[UUID, tuple[Rollout, list[dict], list[dict] | None]] = {}
+        self._implicit: dict[Any, tuple[Rollout, UUID]] = {}  # key -> (rollout, root run)
+        self._lock = threading.RLock()
+
+    @property
+    def errors(self) -> int:
+        return self.guard.errors
+
+    # -- installation ------------------------------------------------------------------------
+
+    def install(self) -> RolloutCallbackHandler:
+        """Add this handler to every LangChain run started from this context on."""
+        _installed.set(self)
+        return self
+
+    @staticmethod
+    def uninstall() -> None:
+        _installed.set(None)
+
+    # -- grouping ----------------------------------------------------------------------------
+
+    def _root(self, run_id: UUID) -> UUID:
+        while self._parents.get(run_id) is not None:
+            run_id = self._parents[run_id]  # type: ignore[assignment]
+        return run_id
+
+    def _rollout(self, run_id: UUID, parent_run_id: UUID | None, metadata: dict | None) -> Rollout:
+        with self._lock:
+            self._parents.setdefault(run_id, parent_run_id)
+            if run_id in self._runs:
+                return self._runs[run_id]
+            explicit = current_rollout()
+            if explicit is not None:
+                rollout = explicit
+            else:
+                root = self._root(run_id)
+                key = (metadata or {}).get("rollout_id") or root
+                if key not in self._implicit:
+                    group = (metadata or {}).get("rollout_group", self.group)
+                    self._implicit[key] = (Rollout(group=group, store=self.store), root)
+                rollout = self._implicit[key][0]
+            self._runs[run_id] = rollout
+            return rollout
+
+    def _finish_root(self, run_id: UUID, error: BaseException | None = None) -> None:
+        with self._lock:
+            keys = [k for k, (_, root) in self._implicit.items() if root == run_id]
+            finished = [self._implicit.pop(k)[0] for k in keys]
+        for rollout in finished:
+            rollout._finish(error)
+            if rollout.trajectory is not None:
+                self.trajectories.append(rollout.trajectory)
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def on_chain_start(
+        self,
+        serialized: Any,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.guard.run(self._rollout, run_id, parent_run_id, metadata)
+
+    def on_chat_model_start(
+        self,
+        serialized: Any,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        def start() -> None:
+            rollout = self._rollout(run_id, parent_run_id, metadata)
+            tools = (kwargs.get("invocation_params") or {}).get("tools") or None
+            self._pending[run_id] = (rollout, _convert_messages_to_dicts(messages[0]), tools)
+
+        self.guard.run(start)
+
+    def on_llm_end(
+        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        def end() -> None:
+            pending = self._pending.pop(run_id, None)
+            if pending is not None:
+                rollout, messages, tools = pending
+                generation = response.generations[0][0]
+                message = getattr(generation, "message", None)
+                if message is not None:
+                    choice = choice_from_message(message, generation.generation_info)
+                    rollout.add_call(LLMCall(messages, tools, choice))
+            if parent_run_id is None:
+                self._finish_root(run_id)
+
+        self.guard.run(end)
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        def failed() -> None:
+            pending = self._pending.pop(run_id, None)
+            if pending is not None:
+                pending[0].log(f"LLM call failed: {type(error).__name__}: {error}")
+            if parent_run_id is None:
+                self._finish_root(run_id, error)
+
+        self.guard.run(failed)
+
+    def on_tool_start(
+        self,
+        serialized: Any,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.guard.run(self._rollout, run_id, parent_run_id, metadata)
+
+    def on_tool_end(
+        self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        def end() -> None:
+            rollout = self._runs.get(run_id)
+            if rollout is not None and isinstance(output, ToolMessage) and output.tool_call_id:
+                content = (
+                    output.content
+                    if isinstance(output.content, str)
+                    else json.dumps(output.content)
+                )
+                rollout.add_tool_result(output.tool_call_id, content)
+
+        self.guard.run(end)
+
+    def on_chain_end(
+        self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        if parent_run_id is None:
+            self.guard.run(self._finish_root, run_id)
+
+    def on_chain_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if parent_run_id is None:
+            self.guard.run(self._finish_root, run_id, error)

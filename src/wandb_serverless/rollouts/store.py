@@ -1,0 +1,159 @@
+"""A durable SQLite (WAL) store of finished trajectories: each is committed before its rollout
+context exits, so a crash loses nothing that had finished."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trajectories (
+    id TEXT PRIMARY KEY, grp TEXT, created REAL NOT NULL, reward REAL NOT NULL,
+    metadata TEXT NOT NULL, exception TEXT, data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trajectories_by_group ON trajectories (grp, created);
+"""
+
+
+class RolloutStore:
+    """``RolloutStore("rollouts.db")``: save, query by group/metadata/reward, export."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def save(
+        self, trajectory: Trajectory, *, group: str | None = None, exception: dict | None = None
+    ) -> str:
+        trajectory_id = str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex)
+        row = (
+            trajectory_id,
+            group,
+            time.time(),
+            float(trajectory.reward),
+            json.dumps(trajectory.metadata),
+            json.dumps(exception) if exception else None,
+            trajectory.model_dump_json(),
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)", row
+            )
+        return trajectory_id
+
+    def set_reward(self, trajectory_id: str, reward: float) -> None:
+        """Reward a stored trajectory later (e.g. after a judge scored its group)."""
+        with self._lock:
+            data = self._db.execute(
+                "SELECT data FROM trajectories WHERE id=?", (trajectory_id,)
+            ).fetchone()
+            if data is None:
+                raise KeyError(f"no trajectory {trajectory_id!r} in {self.path}")
+            trajectory = Trajectory.model_validate_json(data[0])
+            trajectory.reward = float(reward)
+            self._db.execute(
+                "UPDATE trajectories SET reward=?, data=? WHERE id=?",
+                (float(reward), trajectory.model_dump_json(), trajectory_id),
+            )
+
+    def query(
+        self,
+        *,
+        group: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        min_reward: float | None = None,
+        max_reward: float | None = None,
+        limit: int | None = None,
+    ) -> list[Trajectory]:
+        """Trajectories in the order they finished, filtered by group, metadata and reward."""
+        sql, args = "SELECT data FROM trajectories WHERE 1=1", []
+        if group is not None:
+            sql += " AND grp = ?"
+            args.append(group)
+        for key, value in (metadata or {}).items():
+            sql += " AND json_extract(metadata, ?) = ?"
+            args += [f"$.{key}", value]
+        if min_reward is not None:
+            sql += " AND reward >= ?"
+            args.append(min_reward)
+        if max_reward is not None:
+            sql += " AND reward <= ?"
+            args.append(max_reward)
+        sql += " ORDER BY created"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [Trajectory.model_validate_json(r[0]) for r in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM trajectories").fetchone()[0]
+
+    def groups(self, *, metadata: dict[str, Any] | None = None) -> list[TrajectoryGroup]:
+        """Stored trajectories grouped by their rollout group (ungrouped ones are left out)."""
+        by_group: dict[str, list[Trajectory]] = defaultdict(list)
+        exceptions: dict[str, list[dict]] = defaultdict(list)
+        for trajectory in self.query(metadata=metadata):
+            group = trajectory.metadata.get("group")
+            if group is not None:
+                by_group[str(group)].append(trajectory)
+        with self._lock:
+            for grp, exc in self._db.execute(
+                "SELECT grp, exception FROM trajectories WHERE exception IS NOT NULL"
+            ):
+                if grp is not None:
+                    exceptions[grp].append(json.loads(exc))
+        return [
+            TrajectoryGroup(
+                trajectories=items, exceptions=exceptions.get(name, []), metadata={"group": name}
+            )
+            for name, items in by_group.items()
+        ]
+
+    def export_rl_groups(self, **filters: Any) -> list[dict[str, Any]]:
+        """Groups as JSON, ready for ``trajectory_groups`` of an RL job."""
+        return [group.model_dump(mode="json") for group in self.groups(**filters)]
+
+    def export_sft_rows(
+        self, *, top_k_per_group: int | None = None, min_reward: float | None = None
+    ) -> list[dict[str, Any]]:
+        """``train.jsonl`` rows (``messages`` ending with the assistant, ``tools``) from the best
+        trajectories: the top ``k`` of each group by reward, and/or those above ``min_reward``."""
+        picked: list[Trajectory] = []
+        for group in self.groups():
+            ranked = sorted(group.trajectories, key=lambda t: t.reward, reverse=True)
+            picked += ranked[:top_k_per_group] if top_k_per_group else ranked
+        if min_reward is not None:
+            picked = [t for t in picked if t.reward >= min_reward]
+        return [row for t in picked if (row := sft_row(t)) is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def sft_row(trajectory: Trajectory) -> dict[str, Any] | None:
+    """One SFT row: the main conversation up to its last assistant turn (None if it has none)."""
+    messages = trajectory.messages()
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return None
+    row: dict[str, Any] = {"messages": messages[: last + 1]}
+    if trajectory.tools:
+        row["tools"] = trajectory.tools
+    return row
