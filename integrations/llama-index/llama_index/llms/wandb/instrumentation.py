@@ -1,0 +1,170 @@
+"""Record LlamaIndex runs (FunctionAgent, ReActAgent, query engines) as trajectories.
+
+``RolloutEventHandler.install()`` adds it to LlamaIndex's root dispatcher. Inside
+``with rollout(...)`` every chat call lands in that rollout; otherwise calls are grouped by the
+``rollout_id`` tag (``with instrument_tags({"rollout_id": ...})``) or the workflow run id, and
+``handler.finish()`` closes those rollouts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatResponse
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
+from llama_index.llms.wandb.utils import to_openai_messages
+from pydantic import PrivateAttr
+
+from wandb_serverless.rollouts.recorder import (
+    HookGuard,
+    LLMCall,
+    Rollout,
+    current_rollout,
+    make_choice,
+)
+from wandb_serverless.rollouts.store import RolloutStore
+from wandb_serverless.rollouts.trajectory import Trajectory
+
+GROUP_TAGS = ("rollout_id", "llamaindex.run_id")
+
+
+def choice_from_response(response: ChatResponse) -> Any:
+    """The model's turn: a Choice with exact tokens when the LLM returned logprobs."""
+    content, calls = [], []
+    for block in response.message.blocks:
+        if block.block_type == "text":
+            content.append(block.text)
+        elif block.block_type == "tool_call":
+            args = block.tool_kwargs
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+            calls.append(
+                {
+                    "id": block.tool_call_id,
+                    "type": "function",
+                    "function": {"name": block.tool_name, "arguments": arguments},
+                }
+            )
+    body: dict[str, Any] = {"content": "".join(content) or None}
+    if calls:
+        body["tool_calls"] = calls
+    extra = response.additional_kwargs or {}
+    logprobs = None
+    if response.logprobs:
+        logprobs = {
+            "content": [
+                {
+                    "token": alts[0].token,
+                    "logprob": alts[0].logprob,
+                    "bytes": alts[0].bytes,
+                    "top_logprobs": [
+                        {"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in alts[1:]
+                    ],
+                }
+                for alts in response.logprobs
+                if alts
+            ]
+        }
+    finish = extra.get("finish_reason") or ("tool_calls" if calls else "stop")
+    return make_choice(
+        body,
+        finish_reason=finish,
+        logprobs=logprobs,
+        token_ids=extra.get("token_ids"),
+        prompt_token_ids=extra.get("prompt_token_ids"),
+    )
+
+
+class RolloutEventHandler(BaseEventHandler):
+    """Captures LLM chat calls from LlamaIndex's instrumentation into rollouts."""
+
+    _store: RolloutStore | None = PrivateAttr(default=None)
+    _guard: HookGuard = PrivateAttr(default_factory=lambda: HookGuard("RolloutEventHandler"))
+    _pending: dict[str, list[tuple[Rollout, list[dict], list[dict] | None]]] = PrivateAttr(
+        default_factory=dict
+    )
+    _implicit: dict[str, Rollout] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    trajectories: list[Trajectory] = []
+
+    def __init__(self, store: RolloutStore | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        self._store = store
+        self.trajectories = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RolloutEventHandler"
+
+    @property
+    def errors(self) -> int:
+        return self._guard.errors
+
+    def install(self) -> RolloutEventHandler:
+        """Add this handler to LlamaIndex's root dispatcher (once)."""
+        dispatcher = get_dispatcher()
+        if self not in dispatcher.event_handlers:
+            dispatcher.add_event_handler(self)
+        return self
+
+    def uninstall(self) -> None:
+        dispatcher = get_dispatcher()
+        dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not self]
+
+    def finish(self) -> list[Trajectory]:
+        """Close the rollouts grouped by tag (explicit ``rollout()`` blocks close themselves)."""
+        with self._lock:
+            rollouts, self._implicit = list(self._implicit.values()), {}
+        finished = []
+        for run in rollouts:
+            run._finish(None)
+            if run.trajectory is not None:
+                finished.append(run.trajectory)
+        self.trajectories += finished
+        return finished
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self._guard.run(self._handle, event)
+
+    def _rollout(self, event: BaseEvent) -> Rollout | None:
+        explicit = current_rollout()
+        if explicit is not None:
+            return explicit
+        tags = event.tags or {}
+        key = next((str(tags[t]) for t in GROUP_TAGS if tags.get(t)), None)
+        if key is None:
+            return None
+        with self._lock:
+            if key not in self._implicit:
+                self._implicit[key] = Rollout(group=tags.get("rollout_group"), store=self._store)
+            return self._implicit[key]
+
+    def _handle(self, event: BaseEvent) -> None:
+        if isinstance(event, LLMChatStartEvent):
+            run = self._rollout(event)
+            if run is None:
+                return
+            messages = to_openai_messages(list(event.messages))
+            tools = [
+                t for t in (event.additional_kwargs or {}).get("tools") or [] if isinstance(t, dict)
+            ] or None
+            with self._lock:
+                self._pending.setdefault(_key(messages), []).append((run, messages, tools))
+        elif isinstance(event, LLMChatEndEvent) and event.response is not None:
+            key = _key(to_openai_messages(list(event.messages)))
+            with self._lock:
+                waiting = self._pending.get(key)
+                if not waiting:
+                    return
+                run, messages, tools = waiting.pop(0)
+                if not waiting:
+                    del self._pending[key]
+            run.add_call(LLMCall(messages, tools, choice_from_response(event.response)))
+
+
+def _key(messages: list[dict[str, Any]]) -> str:
+    return json.dumps(messages, sort_keys=True, default=str)

@@ -1,0 +1,182 @@
+"""The recorder's merge rules, the rollout context, and the durable store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from wandb_serverless.rollouts import (
+    LLMCall,
+    RolloutStore,
+    Trajectory,
+    TrajectoryGroup,
+    current_rollout,
+    rollout,
+)
+from wandb_serverless.rollouts.recorder import make_choice, merge_calls
+
+SYSTEM = {"role": "system", "content": "be brief"}
+USER = {"role": "user", "content": "weather in Paris?"}
+LOGPROBS = {"content": [{"token": "token_id:5", "logprob": -0.1, "bytes": [1], "top_logprobs": []}]}
+
+
+def turn(content=None, calls=None, logprobs=LOGPROBS):
+    body = {"content": content}
+    if calls:
+        body["tool_calls"] = [
+            {
+                "id": c,
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            }
+            for c in calls
+        ]
+    return make_choice(
+        body,
+        finish_reason="tool_calls" if calls else "stop",
+        logprobs=logprobs,
+        token_ids=[5],
+        prompt_token_ids=[1, 2],
+    )
+
+
+def test_calls_that_extend_a_conversation_merge_into_one_history():
+    first = turn(calls=["c1"])
+    tool = {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+    calls = [
+        LLMCall([SYSTEM, USER], None, first),
+        LLMCall(
+            [
+                SYSTEM,
+                USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": first.message.model_dump()["tool_calls"],
+                },
+                tool,
+            ],
+            None,
+            turn("It is sunny."),
+        ),
+    ]
+    main, others = merge_calls(calls)
+    assert [
+        type(i).__name__ if not isinstance(i, dict) else i["role"]
+        for i in main.messages_and_choices
+    ] == ["system", "user", "Choice", "tool", "Choice"]
+    assert others == []
+
+
+def test_side_conversations_become_additional_histories():
+    judge = LLMCall([{"role": "system", "content": "you judge"}, USER], None, turn("0.9"))
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    main, others = merge_calls(
+        [
+            LLMCall([SYSTEM, USER], tools, turn("hi")),
+            judge,
+            LLMCall([SYSTEM, USER], None, turn("other tools")),
+        ]
+    )
+    assert main.tools == tools and len(others) == 2
+    assert others[0].messages()[0]["content"] == "you judge"
+
+
+def test_turns_without_logprobs_are_context_not_trainable():
+    trajectory = Trajectory(messages_and_choices=[USER, turn("hi", logprobs=None)])
+    assert trajectory.messages_and_choices[-1] == {"role": "assistant", "content": "hi"}
+    assert not trajectory.is_trainable()
+
+
+def test_rollout_context_collects_reward_metrics_logs_and_exceptions(tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+    with pytest.raises(ValueError), rollout(group="g", metadata={"task": 3}, store=store) as run:
+        assert current_rollout() is run
+        run.add_call(LLMCall([USER], None, turn("hi")))
+        run.reward, run.metrics["steps"] = 0.5, 2
+        run.log("started")
+        raise ValueError("tool crashed")
+    assert current_rollout() is None
+    (saved,) = store.query(group="g")
+    assert saved.reward == 0.5 and saved.metrics == {"steps": 2} and saved.metadata["task"] == 3
+    assert (
+        saved.logs == ["started", "ValueError: tool crashed"]
+        and saved.metadata["exception_type"] == "ValueError"
+    )
+    assert store.groups()[0].exceptions[0]["type"] == "ValueError"
+
+
+async def test_concurrent_async_rollouts_do_not_share_the_context():
+    async def one(i: int):
+        async with rollout(group="g") as run:
+            await asyncio.sleep(0.01 * (8 - i))
+            current_rollout().add_call(
+                LLMCall([{"role": "user", "content": str(i)}], None, turn(str(i)))
+            )
+        return run.trajectory
+
+    trajectories = await asyncio.gather(*(one(i) for i in range(8)))
+    assert [t.messages()[0]["content"] for t in trajectories] == [str(i) for i in range(8)]
+
+
+async def test_decorator_form_gives_each_call_its_own_rollout(tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+
+    @rollout(group="dec", store=store)
+    async def agent(x: int, rollout) -> int:
+        rollout.reward = float(x)
+        return x * 2
+
+    assert await asyncio.gather(agent(1), agent(2)) == [2, 4]
+    assert sorted(t.reward for t in store.query(group="dec")) == [1.0, 2.0]
+
+
+def test_store_queries_and_exports(tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+    for group, reward in (("a", 1.0), ("a", 0.0), ("b", 0.3)):
+        with rollout(group=group, metadata={"split": "train"}, store=store) as run:
+            run.add_call(LLMCall([USER], None, turn(f"{group}{reward}")))
+            run.reward = reward
+    assert (
+        len(store.query(min_reward=0.3)) == 2 and len(store.query(metadata={"split": "train"})) == 3
+    )
+    groups = store.export_rl_groups()
+    assert [len(g["trajectories"]) for g in groups] == [2, 1]
+    TrajectoryGroup.model_validate(groups[0])
+    rows = store.export_sft_rows(top_k_per_group=1)
+    assert [r["messages"][-1]["content"] for r in rows] == ["a1.0", "b0.3"]
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+
+
+def test_finished_rollouts_survive_sigkill(tmp_path):
+    path = tmp_path / "r.db"
+    script = textwrap.dedent(f"""
+        import time
+        from wandb_serverless.rollouts import LLMCall, RolloutStore, rollout
+        store = RolloutStore({str(path)!r})
+        i = 0
+        while True:
+            with rollout(group="g", store=store) as run:
+                run.add_call(LLMCall([{{"role": "user", "content": str(i)}}], None, {{"role": "assistant", "content": "x"}}))
+            print(i, flush=True)
+            i += 1
+            time.sleep(0.01)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    finished = -1
+    deadline = time.monotonic() + 60
+    while finished < 20 and time.monotonic() < deadline:
+        finished = int(process.stdout.readline())
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    stored = RolloutStore(path).query(group="g")
+    contents = {t.messages()[0]["content"] for t in stored}
+    assert {str(i) for i in range(finished + 1)} <= contents  # every rollout it reported finished
+    assert json.loads(stored[0].model_dump_json())["messages_and_choices"]
