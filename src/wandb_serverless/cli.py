@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -35,6 +37,139 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"API key (generated; pass --api-key to choose one): {api_key}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from wandb_serverless.api import Client
+
+    return Client(api_key=args.api_key, base_url=args.base_url, max_retries=2)
+
+
+def _print(value: Any) -> None:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    print(json.dumps(value, ensure_ascii=False))
+
+
+def _models_create(args: argparse.Namespace) -> int:
+    model = _client(args).models.create(
+        project=args.project,
+        name=args.name,
+        base_model=args.base_model,
+        entity=args.entity,
+        return_existing=args.return_existing,
+    )
+    _print(model)
+    return EXIT_OK
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    for model in _client(args).list_models():
+        print(model.id)
+    return EXIT_OK
+
+
+def _models_delete(args: argparse.Namespace) -> int:
+    _print(_client(args).models.delete(args.model_id))
+    return EXIT_OK
+
+
+def _checkpoints_list(args: argparse.Namespace) -> int:
+    for checkpoint in _client(args).checkpoints.iter(args.model_id, order=args.order):
+        _print(checkpoint)
+    return EXIT_OK
+
+
+def _checkpoints_delete(args: argparse.Namespace) -> int:
+    _print(_client(args).checkpoints.delete(args.model_id, args.steps))
+    return EXIT_OK
+
+
+def _jobs_events(args: argparse.Namespace) -> int:
+    events = _client(args).training_jobs.events
+    stream = (
+        events.follow(args.job_id, poll_interval=1.0) if args.follow else events.iter(args.job_id)
+    )
+    for event in stream:
+        _print(event)
+    return EXIT_OK
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from wandb_serverless.rollouts import RolloutStore
+
+    if not Path(args.store).exists():
+        raise FileNotFoundError(f"no rollout store at {args.store}")
+    return RolloutStore(args.store)
+
+
+def _rollouts_list(args: argparse.Namespace) -> int:
+    for trajectory in _store(args).query(group=args.group):
+        meta = trajectory.metadata
+        turns = sum(1 for m in trajectory.messages() if m["role"] == "assistant")
+        print(
+            f"{meta.get('rollout_id')}\tgroup={meta.get('group')}\treward={trajectory.reward:.3f}\tturns={turns}"
+        )
+    return EXIT_OK
+
+
+def _rollouts_export(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.format == "rl":
+        text = json.dumps(store.export_rl_groups(), ensure_ascii=False)
+    else:
+        rows = store.export_sft_rows(top_k_per_group=args.top_k, min_reward=args.min_reward)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def _train_rl(args: argparse.Namespace) -> int:
+    from wandb_serverless.training import follow_job, trainable_groups
+
+    groups, dropped = trainable_groups(json.loads(Path(args.groups).read_text()))
+    if dropped:
+        print(f"dropped {dropped} group(s) with no reward variance", file=sys.stderr)
+    if not groups:
+        raise ValueError("no group has reward variance: nothing to train")
+    client = _client(args)
+    config = {"learning_rate": args.learning_rate} if args.learning_rate else None
+    job = client.training_jobs.create(
+        model_id=args.model_id, trajectory_groups=groups, experimental_config=config
+    )
+    metrics = follow_job(client, job.id, "RL step")
+    _print({"job_id": job.id, "step": _latest_step(client, args.model_id), "metrics": metrics})
+    return EXIT_OK
+
+
+def _train_sft(args: argparse.Namespace) -> int:
+    from wandb_serverless.training import follow_job
+
+    client = _client(args)
+    url = args.data
+    if not url.startswith(("wandb-artifact:", "file://")):
+        rows = [json.loads(line) for line in Path(url).read_text().splitlines() if line.strip()]
+        entity, project, name = args.dataset.split("/")
+        url = client.local_artifacts.publish(rows, entity=entity, project=project, name=name)["url"]
+    config = {
+        k: v
+        for k, v in {"batch_size": args.batch_size, "learning_rate": args.learning_rate}.items()
+        if v
+    }
+    job = client.training_jobs.create_sft(
+        model_id=args.model_id, training_data_url=url, config=config or None
+    )
+    metrics = follow_job(client, job.id, "SFT")
+    _print({"job_id": job.id, "step": _latest_step(client, args.model_id), "metrics": metrics})
+    return EXIT_OK
+
+
+def _latest_step(client: Any, model_id: str) -> int:
+    page = client.checkpoints.list(model_id, limit=1, order="desc")
+    return page.data[0].step if page.data else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +204,96 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--entity", default="local", help="entity for models created without one")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     serve.set_defaults(handler=_serve)
+
+    def api(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help, description=help)
+        command.add_argument(
+            "--base-url", help="API base URL (default: W&B, or WANDB_SERVERLESS_BASE_URL)"
+        )
+        command.add_argument("--api-key", help="API key (default: WANDB_API_KEY)")
+        return command
+
+    models = commands.add_parser("models", help="trainable models").add_subparsers(
+        dest="action", required=True
+    )
+    create = api(models, "create", "register a trainable model (prints it as JSON)")
+    create.add_argument("name")
+    create.add_argument("--project", required=True)
+    create.add_argument("--base-model", required=True)
+    create.add_argument("--entity")
+    create.add_argument("--return-existing", action="store_true", help="no error if it exists")
+    create.set_defaults(handler=_models_create)
+    api(models, "list", "list the models this endpoint serves").set_defaults(handler=_models_list)
+    delete = api(models, "delete", "delete a model, its checkpoints and its run")
+    delete.add_argument("model_id")
+    delete.set_defaults(handler=_models_delete)
+
+    checkpoints = commands.add_parser("checkpoints", help="a model's checkpoints").add_subparsers(
+        dest="action", required=True
+    )
+    listing = api(checkpoints, "list", "list a model's checkpoints (one JSON object per line)")
+    listing.add_argument("model_id")
+    listing.add_argument("--order", choices=["asc", "desc"], default="asc")
+    listing.set_defaults(handler=_checkpoints_list)
+    drop = api(checkpoints, "delete", "delete checkpoints by step")
+    drop.add_argument("model_id")
+    drop.add_argument("--steps", type=int, nargs="+", required=True)
+    drop.set_defaults(handler=_checkpoints_delete)
+
+    jobs = commands.add_parser("jobs", help="training jobs").add_subparsers(
+        dest="action", required=True
+    )
+    events = api(jobs, "events", "print a job's events (one JSON object per line)")
+    events.add_argument("job_id")
+    events.add_argument(
+        "--follow", action="store_true", help="wait for new events until the job ends"
+    )
+    events.set_defaults(handler=_jobs_events)
+
+    rollouts = commands.add_parser("rollouts", help="recorded rollouts").add_subparsers(
+        dest="action", required=True
+    )
+    rl = rollouts.add_parser("list", help="list stored trajectories")
+    rl.add_argument("--store", required=True, help="the RolloutStore SQLite file")
+    rl.add_argument("--group")
+    rl.set_defaults(handler=_rollouts_list)
+    export = rollouts.add_parser(
+        "export", help="export as RL job groups (JSON) or SFT rows (JSONL)"
+    )
+    export.add_argument("--store", required=True)
+    export.add_argument("--format", choices=["rl", "sft"], required=True)
+    export.add_argument("--out", help="file to write (default: stdout)")
+    export.add_argument("--top-k", type=int, help="sft: best k trajectories per group")
+    export.add_argument(
+        "--min-reward", type=float, help="sft: only trajectories at or above this reward"
+    )
+    export.set_defaults(handler=_rollouts_export)
+
+    train = commands.add_parser("train", help="start a training job and follow it").add_subparsers(
+        dest="action", required=True
+    )
+    train_rl = api(
+        train, "rl", "one RL step on trajectory groups (from `rollouts export --format rl`)"
+    )
+    train_rl.add_argument("--model-id", required=True)
+    train_rl.add_argument(
+        "--groups", required=True, help="JSON file with a list of trajectory groups"
+    )
+    train_rl.add_argument("--learning-rate", type=float)
+    train_rl.set_defaults(handler=_train_rl)
+    train_sft = api(
+        train, "sft", "SFT on a train.jsonl (published to the local store) or an artifact URL"
+    )
+    train_sft.add_argument("--model-id", required=True)
+    train_sft.add_argument(
+        "--data", required=True, help="train.jsonl path, or wandb-artifact:/// URL"
+    )
+    train_sft.add_argument(
+        "--dataset", default="local/datasets/train", help="entity/project/name to publish a file as"
+    )
+    train_sft.add_argument("--batch-size", type=int)
+    train_sft.add_argument("--learning-rate", type=float)
+    train_sft.set_defaults(handler=_train_sft)
     return parser
 
 
@@ -82,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line, never a stack trace, for scripts and humans
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

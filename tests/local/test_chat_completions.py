@@ -27,7 +27,19 @@ def test_completion_text_usage_and_logprobs_agree(oai, tokenizer):
     prompt_ids = reply.model_extra["prompt_token_ids"]
     assert reply.usage.prompt_tokens == len(prompt_ids)
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
-    assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    assert reply.usage.prompt_tokens_details.cached_tokens in (0, reply.usage.prompt_tokens)
+
+
+def test_a_repeated_prompt_reuses_its_cached_prefill_with_identical_output(oai):
+    ask = [{"role": "user", "content": "Name three rivers in Europe."}]
+    first = oai.chat.completions.create(
+        model="default", messages=ask, max_tokens=16, temperature=0, seed=3
+    )
+    second = oai.chat.completions.create(
+        model="default", messages=ask, max_tokens=16, temperature=0, seed=3
+    )
+    assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens
+    assert second.choices[0].message.content == first.choices[0].message.content
 
 
 def test_tokens_as_token_ids_name_each_sampled_id(oai):

@@ -246,7 +246,7 @@ class _Call:
             "prompt_tokens": prompt,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": max(r.cached_tokens for r in self.requests)},
         }
 
     def _envelope(self, obj: str) -> dict[str, Any]:

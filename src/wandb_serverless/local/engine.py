@@ -14,6 +14,7 @@ import queue
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class GenerationRequest:
     adapter: str | None = None  # a LoRA checkpoint's name; None is the base model
     adapter_path: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
 
 
 class Detokenizer:
@@ -304,6 +306,8 @@ class Engine:
         self.steps = 0
         self.adapters: set[str] = set()
         self._stale: set[str] = set()
+        self._prompts: OrderedDict[tuple, tuple[list, torch.Tensor]] = OrderedDict()
+        self.prompt_cache_size = 16
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread.start()
 
@@ -384,6 +388,8 @@ class Engine:
         if name not in self.adapters:
             return
         self.adapters.discard(name)
+        for key in [k for k in self._prompts if k[0] == name]:
+            del self._prompts[key]
         # Deleting peft's only adapter leaves stale references that break every later forward
         # pass, so the last one stays loaded (unused) until another adapter replaces it.
         if len(self.model.peft_config) > 1:
@@ -392,7 +398,15 @@ class Engine:
             self._stale.add(name)
 
     def _forward_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
-        if not self.adapters:
+        """Pick the adapter(s) for a forward pass. One adapter for the whole batch (the usual
+        case) runs peft's plain path; mixed batches use its slower per-row path."""
+        if not self.adapters and not self._stale:
+            return {}
+        names = {a if a in self.adapters else "__base__" for a in adapters}
+        if len(names) == 1 and "__base__" not in names:
+            (name,) = names
+            if self.model.active_adapter != name:
+                self.model.set_adapter(name)
             return {}
         return {"adapter_names": [a if a in self.adapters else "__base__" for a in adapters]}
 
@@ -404,22 +418,36 @@ class Engine:
                 raise ValueError(f"adapter {request.adapter} has no path")
             self._load(request.adapter, request.adapter_path)
 
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long)
-        length = ids.shape[1]
-        cache = DynamicCache()
-        out = self.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(length)[None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **self._forward_kwargs([request.adapter]),
-        )
+        length = len(request.prompt_ids)
+        key = (request.adapter, tuple(request.prompt_ids))
+        hit = self._prompts.get(key)
+        if hit is not None:  # a group's rollouts share their prompt: its KV is computed once
+            self._prompts.move_to_end(key)
+            layers, logits = hit
+            cache = DynamicCache()
+            for index, (keys, values) in enumerate(layers):
+                cache.update(keys, values, index)
+            request.cached_tokens = length
+        else:
+            ids = torch.tensor([request.prompt_ids], dtype=torch.long)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(length)[None],
+                past_key_values=DynamicCache(),
+                use_cache=True,
+                logits_to_keep=1,
+                **self._forward_kwargs([request.adapter]),
+            )
+            cache, logits = out.past_key_values, out.logits[0, -1].float()
+            # Decoding never writes into these tensors (it concatenates), so they can be shared.
+            self._prompts[key] = ([(layer.keys, layer.values) for layer in cache.layers], logits)
+            if len(self._prompts) > self.prompt_cache_size:
+                self._prompts.popitem(last=False)
         row = Sequence(request, self)
-        token = row.step(out.logits[0, -1].float(), self.context_length - length - 1)
+        token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:
-            self._batch.join(row, out.past_key_values, length, token)
+            self._batch.join(row, cache, length, token)
 
     def _decode(self) -> None:
         batch = self._batch

@@ -182,10 +182,73 @@ def _adamw(model: Any, lr: float) -> torch.optim.Optimizer:
     )
 
 
-def _token_logprobs(model: Any, sample: Sample) -> torch.Tensor:
-    ids = torch.tensor([sample.ids])
-    logits = model(input_ids=ids).logits[0, sample.start - 1 : -1].float()
-    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, sample.start :, None])[:, 0]
+def batch_logprobs(model: Any, samples: list[Sample]) -> list[torch.Tensor]:
+    """Log-probabilities of each sample's completion tokens, for a right-padded batch.
+
+    The decoder runs once for the batch; the (49k-wide) LM head is applied only at the
+    positions that predict completion tokens, as in rl_probe.md's recipe.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    longest = max(len(s.ids) for s in samples)
+    ids = torch.zeros(len(samples), longest, dtype=torch.long)
+    mask = torch.zeros(len(samples), longest, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        ids[row, : len(sample.ids)] = torch.tensor(sample.ids)
+        mask[row, : len(sample.ids)] = 1
+    hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    rows = torch.cat([torch.full((len(s.ids) - s.start,), i) for i, s in enumerate(samples)])
+    cols = torch.cat([torch.arange(s.start - 1, len(s.ids) - 1) for s in samples])
+    targets = torch.cat([torch.tensor(s.ids[s.start :]) for s in samples])
+    logits = inner.lm_head(hidden[rows, cols]).float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    return list(logprobs.split([len(s.ids) - s.start for s in samples]))
+
+
+def shared_prompt_logprobs(model: Any, samples: list[Sample]) -> list[torch.Tensor]:
+    """Like :func:`batch_logprobs` for samples that share one prompt (a GRPO group): the prompt
+    runs once (gradients flow through its KV cache), the completions run as one batch."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    start = samples[0].start
+    prompt = torch.tensor([samples[0].ids[: start - 1]])
+    out = inner.model(input_ids=prompt, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(samples))
+    lengths = [len(s.ids) - start for s in samples]
+    longest = max(lengths)
+    inputs = torch.zeros(len(samples), longest, dtype=torch.long)
+    mask = torch.zeros(len(samples), start - 1 + longest, dtype=torch.long)
+    mask[:, : start - 1] = 1
+    for row, sample in enumerate(samples):
+        inputs[row, : lengths[row]] = torch.tensor(sample.ids[start - 1 : -1])
+        mask[row, start - 1 : start - 1 + lengths[row]] = 1
+    positions = torch.arange(start - 1, start - 1 + longest)[None].expand(len(samples), -1)
+    hidden = inner.model(
+        input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache
+    ).last_hidden_state
+    rows = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    cols = torch.cat([torch.arange(n) for n in lengths])
+    targets = torch.cat([torch.tensor(s.ids[start:]) for s in samples])
+    logits = inner.lm_head(hidden[rows, cols]).float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    return list(logprobs.split(lengths))
+
+
+def batches_by_prompt(samples: list[Sample], max_tokens: int = 4096) -> list[list[Sample]]:
+    """Samples grouped by identical prompt (to share its forward pass), split to stay under
+    ``max_tokens`` completion tokens per batch."""
+    by_prompt: dict[tuple[int, ...], list[Sample]] = {}
+    for sample in samples:
+        by_prompt.setdefault(tuple(sample.ids[: sample.start]), []).append(sample)
+    batches: list[list[Sample]] = []
+    for group in by_prompt.values():
+        batch: list[Sample] = []
+        for sample in group:
+            if batch and sum(len(s.ids) - s.start for s in (*batch, sample)) > max_tokens:
+                batches.append(batch)
+                batch = []
+            batch.append(sample)
+        batches.append(batch)
+    return batches
 
 
 # -- SFT data ----------------------------------------------------------------------------------
@@ -391,22 +454,24 @@ class TrainingWorker:
         optimizer = _adamw(model, lr)
         total_tokens = sum(len(s.ids) - s.start for s in samples)
         loss_sum, clipped, ratio_sum = 0.0, 0.0, 0.0
-        model.train(False)
-        for sample in samples:
-            new = _token_logprobs(model, sample)
-            old = torch.tensor(sample.old_logprobs) if sample.old_logprobs else new.detach()
-            ratio = torch.exp(new - old)
-            advantage = torch.tensor(sample.advantage)
-            if loss_fn == "cispo":
-                weight = torch.clamp(ratio, max=1 + high).detach()
-                loss = -(weight * advantage * new).sum()
-            else:
-                clipped_ratio = torch.clamp(ratio, 1 - low, 1 + high)
-                loss = -torch.minimum(ratio * advantage, clipped_ratio * advantage).sum()
-            (loss / total_tokens).backward()
-            loss_sum += float(loss.detach())
-            clipped += float(((ratio < 1 - low) | (ratio > 1 + high)).sum())
-            ratio_sum += float(ratio.detach().sum())
+        for batch in batches_by_prompt(samples):
+            logprobs = (shared_prompt_logprobs if len(batch) > 1 else batch_logprobs)(model, batch)
+            batch_loss = torch.zeros(())
+            for sample, new in zip(batch, logprobs, strict=True):
+                old = torch.tensor(sample.old_logprobs) if sample.old_logprobs else new.detach()
+                ratio = torch.exp(new - old)
+                advantage = torch.tensor(sample.advantage)
+                if loss_fn == "cispo":
+                    weight = torch.clamp(ratio, max=1 + high).detach()
+                    loss = -(weight * advantage * new).sum()
+                else:
+                    clipped_ratio = torch.clamp(ratio, 1 - low, 1 + high)
+                    loss = -torch.minimum(ratio * advantage, clipped_ratio * advantage).sum()
+                batch_loss = batch_loss + loss
+                clipped += float(((ratio < 1 - low) | (ratio > 1 + high)).sum())
+                ratio_sum += float(ratio.detach().sum())
+            (batch_loss / total_tokens).backward()
+            loss_sum += float(batch_loss.detach())
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         )

@@ -1,0 +1,279 @@
+"""The trainer: groups of rollouts → an RL job, best traces → an SFT job; follow the job's events
+with a progress bar; hand back the new checkpoint for ChatWandb / WandbLLM to serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from wandb_serverless.api import Client
+from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
+from wandb_serverless.config import DEFAULT_TRAINING_BASE_URL
+from wandb_serverless.models import CheckpointRef
+from wandb_serverless.rollouts.store import sft_row
+from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    job_id: str | None = None
+    dropped_groups: int = 0
+
+
+def trainable_groups(groups: Iterable[TrajectoryGroup | dict]) -> tuple[list[TrajectoryGroup], int]:
+    """Groups with reward variance (the others carry no gradient), and how many were dropped."""
+    parsed = [
+        g if isinstance(g, TrajectoryGroup) else TrajectoryGroup.model_validate(g) for g in groups
+    ]
+    kept = [g for g in parsed if g.has_signal()]
+    return kept, len(parsed) - len(kept)
+
+
+def top_k_per_group(groups: Iterable[TrajectoryGroup], k: int = 1) -> list[Trajectory]:
+    """The ``k`` best trajectories of each group, for SFT."""
+    best: list[Trajectory] = []
+    for group in groups:
+        best += sorted(group.trajectories, key=lambda t: t.reward, reverse=True)[:k]
+    return best
+
+
+class TrainableModel:
+    """A model you train: registers itself (``return_existing``), knows its latest step, and
+    hands out the reference adapters serve: ``ChatWandb(model=tm.ref)`` always gets the newest
+    checkpoint; ``tm.ref_at(step)`` pins one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        project: str,
+        base_model: str,
+        entity: str | None = None,
+        *,
+        client: Client | None = None,
+        history_dir: str | Path = ".wandb-serverless",
+        progress: bool = True,
+    ) -> None:
+        self.name, self.project, self.base_model = name, project, base_model
+        self.client = client or Client(entity=entity, project=project)
+        created = self.client.models.create(
+            project=project, name=name, base_model=base_model, entity=entity, return_existing=True
+        )
+        self.id, self.entity, self.run_id = created.id, created.entity, created.run_id
+        self.history_path = Path(history_dir) / f"{self.entity}-{project}-{name}.jsonl"
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"TrainableModel({self.entity}/{self.project}/{self.name}, id={self.id})"
+
+    @property
+    def ref(self) -> str:
+        """``wandb-artifact:///entity/project/name:latest``: always the newest checkpoint."""
+        return str(CheckpointRef.of(self.entity, self.project, self.name))
+
+    def ref_at(self, step: int) -> str:
+        return str(CheckpointRef.of(self.entity, self.project, self.name, step))
+
+    def latest_step(self) -> int:
+        page = self.client.checkpoints.list(self.id, limit=1, order="desc")
+        return page.data[0].step if page.data else 0
+
+    @property
+    def hosted(self) -> bool:
+        return self.client.base_url == DEFAULT_TRAINING_BASE_URL
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train_rl(
+        self,
+        groups: Iterable[TrajectoryGroup | dict],
+        config: ExperimentalTrainingConfig | dict | None = None,
+    ) -> TrainResult:
+        """One RL step on these groups. Zero-variance groups are dropped (with a warning)."""
+        kept, dropped = trainable_groups(groups)
+        if dropped:
+            log.warning(
+                "dropped %d of %d groups with no reward variance", dropped, dropped + len(kept)
+            )
+        if not kept:
+            log.warning(
+                "no group has reward variance: nothing to train, staying at step %d",
+                self.latest_step(),
+            )
+            return TrainResult(self.latest_step(), dropped_groups=dropped)
+        job = self.client.training_jobs.create(
+            model_id=self.id, trajectory_groups=kept, experimental_config=config
+        )
+        result = self._follow(job.id, "RL step")
+        result.dropped_groups = dropped
+        return result
+
+    def train_sft(
+        self,
+        data: Iterable[Trajectory | dict] | str | Path,
+        config: SFTTrainingConfig | dict | None = None,
+        *,
+        dataset_name: str | None = None,
+    ) -> TrainResult:
+        """SFT on trajectories, train.jsonl rows, a train.jsonl path, or an artifact URL."""
+        url = self._publish(data, dataset_name or f"{self.name}-sft-data")
+        job = self.client.training_jobs.create_sft(
+            model_id=self.id, training_data_url=url, config=config
+        )
+        return self._follow(job.id, "SFT")
+
+    def _publish(self, data: Any, name: str) -> str:
+        if isinstance(data, str) and data.startswith(("wandb-artifact:", "file://")):
+            return data
+        if isinstance(data, str | Path):
+            rows = [
+                json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()
+            ]
+        else:
+            rows = [sft_row(d) if isinstance(d, Trajectory) else d for d in data]
+            rows = [r for r in rows if r is not None]
+        if self.hosted:
+            return self._publish_to_wandb(rows, name)
+        return self.client.local_artifacts.publish(
+            rows, entity=self.entity, project=self.project, name=name
+        )["url"]
+
+    def _publish_to_wandb(self, rows: list[dict], name: str) -> str:  # pragma: no cover - needs W&B
+        import tempfile
+
+        import wandb
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "train.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            run = wandb.init(
+                entity=self.entity,
+                project=self.project,
+                id=self.run_id or self.name,
+                resume="allow",
+            )
+            artifact = wandb.Artifact(
+                name, type="dataset", metadata={"format": "jsonl", "num_rows": len(rows)}
+            )
+            artifact.add_file(str(path), name="train.jsonl")
+            logged = run.log_artifact(artifact)
+            logged.wait()
+            run.finish()
+        return f"wandb-artifact:///{self.entity}/{self.project}/{name}:{logged.version}"
+
+    def _follow(self, job_id: str, label: str) -> TrainResult:
+        metrics = follow_job(self.client, job_id, f"{label} {self.name}", progress=self.progress)
+        result = TrainResult(self.latest_step(), metrics, job_id)
+        self._record(label, result)
+        return result
+
+    # -- history -----------------------------------------------------------------------------
+
+    def _record(self, label: str, result: TrainResult) -> None:
+        self.log_metrics(
+            result.step, {f"train/{k}": v for k, v in result.metrics.items()}, kind=label
+        )
+
+    def log_metrics(self, step: int, metrics: dict[str, float], *, kind: str = "eval") -> None:
+        """Append to the local JSONL history (and the model's W&B run when hosted)."""
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.history_path.open("a") as handle:
+            handle.write(
+                json.dumps({"time": time.time(), "step": step, "kind": kind, **metrics}) + "\n"
+            )
+        if self.hosted:  # pragma: no cover - needs W&B
+            import wandb
+
+            run = wandb.run or wandb.init(
+                entity=self.entity,
+                project=self.project,
+                id=self.run_id or self.name,
+                resume="allow",
+            )
+            run.log(metrics, step=step)
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.history_path.exists():
+            return []
+        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line]
+
+
+def follow_job(
+    client: Client, job_id: str, label: str = "training", *, progress: bool = True
+) -> dict[str, float]:
+    """Follow a job's events with a progress bar; return its averaged gradient-step metrics.
+
+    ``training_failed`` raises :class:`~wandb_serverless.api.TrainingJobFailedError`.
+    """
+    steps: list[dict[str, float]] = []
+    started = time.monotonic()
+    bar = None
+    try:
+        for event in client.training_jobs.events.follow(job_id, poll_interval=0.25):
+            if event.type == "training_started":
+                total = int(event.data.get("num_sequences") or 1)
+                bar = tqdm(total=total, desc=label, disable=not progress, leave=False)
+            elif event.type == "gradient_step":
+                steps.append({k: float(v) for k, v in event.data.items()})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        {k: round(v, 4) for k, v in steps[-1].items() if k in ("loss", "reward")}
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+    keys = {k for step in steps for k in step}
+    metrics = {
+        k: sum(s[k] for s in steps if k in s) / sum(1 for s in steps if k in s) for k in keys
+    }
+    metrics["time/step_trainer_s"] = time.monotonic() - started
+    return metrics
+
+
+def plot_reward_curve(
+    points: list[tuple[int, float]], path: str | Path, *, title: str = "held-out reward"
+) -> Path:
+    """A small line chart (PNG) of reward per step, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 640, 400, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    steps = [s for s, _ in points] or [0]
+    lo, hi = min(steps), max(max(steps), min(steps) + 1)
+
+    def xy(step: float, reward: float) -> tuple[float, float]:
+        x = pad + (step - lo) / (hi - lo) * (width - 2 * pad)
+        y = height - pad - max(0.0, min(1.0, reward)) * (height - 2 * pad)
+        return x, y
+
+    for level in (0.0, 0.25, 0.5, 0.75, 1.0):
+        _, y = xy(lo, level)
+        draw.line([pad, y, width - pad, y], fill=(220, 220, 220))
+        draw.text((8, y - 6), f"{level:.2f}", fill="black")
+    coords = [xy(s, r) for s, r in points]
+    if len(coords) > 1:
+        draw.line(coords, fill=(30, 90, 200), width=3)
+    for x, y in coords:
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(30, 90, 200))
+    for step in sorted(set(steps)):
+        x, _ = xy(step, 0)
+        draw.text((x - 4, height - pad + 8), str(step), fill="black")
+    draw.text((pad, 15), f"{title} (x: training step)", fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

@@ -1,0 +1,190 @@
+"""The `wandb-serverless` CLI: each command's success and its one-line bad-input error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wandb_serverless.rollouts import LLMCall, RolloutStore, rollout
+from wandb_serverless.rollouts.recorder import make_choice
+
+
+def cli(*args: str, backend=None, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "wandb_serverless.cli", *args]
+    if backend is not None:
+        command += ["--base-url", backend.base_url, "--api-key", backend.api_key]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_models_checkpoints_train_and_jobs_commands(backend, tmp_path):
+    model = json.loads(
+        cli(
+            "models",
+            "create",
+            "cli-agent",
+            "--project",
+            "cli",
+            "--base-model",
+            "default",
+            "--return-existing",
+            backend=backend,
+        ).stdout
+    )
+    assert model["name"] == "cli-agent" and model["entity"] == "local"
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            }
+        )
+        + "\n"
+    )
+    trained = json.loads(
+        cli(
+            "train",
+            "sft",
+            "--model-id",
+            model["id"],
+            "--data",
+            str(data),
+            "--batch-size",
+            "1",
+            backend=backend,
+        ).stdout.splitlines()[-1]
+    )
+    assert trained["step"] == 1 and trained["metrics"]["loss"] > 0
+    events = [
+        json.loads(line)
+        for line in cli(
+            "jobs", "events", trained["job_id"], "--follow", backend=backend
+        ).stdout.splitlines()
+    ]
+    assert [e["type"] for e in events][0] == "training_started" and events[-1][
+        "type"
+    ] == "training_ended"
+    steps = [
+        json.loads(line)["step"]
+        for line in cli("checkpoints", "list", model["id"], backend=backend).stdout.splitlines()
+    ]
+    assert steps == [1]
+    assert (
+        "wandb-artifact:///local/cli/cli-agent:step1"
+        in cli("models", "list", backend=backend).stdout.split()
+    )
+    deleted = json.loads(
+        cli("checkpoints", "delete", model["id"], "--steps", "1", "5", backend=backend).stdout
+    )
+    assert deleted == {"deleted_count": 1, "not_found_steps": [5]}
+    assert (
+        json.loads(cli("models", "delete", model["id"], backend=backend).stdout)["deleted_run"]
+        is True
+    )
+
+
+def test_rollouts_list_and_export_and_train_rl(backend, oai, tmp_path):
+    store = RolloutStore(tmp_path / "rollouts.db")
+    reply = oai.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Name a color."}],
+        n=2,
+        max_tokens=8,
+        logprobs=True,
+        extra_body={"return_token_ids": True},
+    )
+    for choice, reward in zip(reply.choices, (1.0, 0.0), strict=True):
+        with rollout(group="colors", store=store) as run:
+            data = choice.model_dump(mode="json")
+            run.add_call(
+                LLMCall(
+                    [{"role": "user", "content": "Name a color."}],
+                    None,
+                    make_choice(
+                        data["message"],
+                        finish_reason=data["finish_reason"],
+                        logprobs=data["logprobs"],
+                        token_ids=data["token_ids"],
+                        prompt_token_ids=reply.model_extra["prompt_token_ids"],
+                    ),
+                )
+            )
+            run.reward = reward
+    listing = cli("rollouts", "list", "--store", str(store.path)).stdout.splitlines()
+    assert len(listing) == 2 and all("group=colors" in line for line in listing)
+    groups = tmp_path / "groups.json"
+    cli("rollouts", "export", "--store", str(store.path), "--format", "rl", "--out", str(groups))
+    rows = cli(
+        "rollouts", "export", "--store", str(store.path), "--format", "sft", "--top-k", "1"
+    ).stdout.splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["messages"][-1]["role"] == "assistant"
+    model = json.loads(
+        cli(
+            "models",
+            "create",
+            "cli-rl",
+            "--project",
+            "cli",
+            "--base-model",
+            "default",
+            "--return-existing",
+            backend=backend,
+        ).stdout
+    )
+    result = json.loads(
+        cli(
+            "train", "rl", "--model-id", model["id"], "--groups", str(groups), backend=backend
+        ).stdout.splitlines()[-1]
+    )
+    assert result["step"] >= 1 and result["metrics"]["num_trainable_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["models", "create", "x"], 2, "required: --project, --base-model"),
+        (
+            ["checkpoints", "list", "no-such-model"],
+            1,
+            "error: GET /v1/preview/models/no-such-model/checkpoints -> 404",
+        ),
+        (["jobs", "events", "no-such-job"], 1, "-> 404"),
+        (
+            ["rollouts", "list", "--store", "/nonexistent/r.db"],
+            1,
+            "error: no rollout store at /nonexistent/r.db",
+        ),
+        (
+            ["models", "create", "x", "--project", "p", "--base-model", "other/model"],
+            1,
+            "is not served here",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_an_exit_code(backend, args, code, message):
+    needs_api = args[0] != "rollouts"
+    result = cli(*args, backend=backend if needs_api and code != 2 else None, check=False)
+    assert result.returncode == code
+    assert message in result.stderr and "Traceback" not in result.stderr
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_api_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "wandb_serverless.cli", "models", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in __import__("os").environ.items() if k != "WANDB_API_KEY"},
+    )
+    assert result.returncode == 1 and "WANDB_API_KEY" in result.stderr

@@ -1,0 +1,41 @@
+"""A shortened main job: rollouts through the trace hook -> one RL step -> the checkpoint served."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(backend, oai, tmp_path):
+    demo = load_demo()
+    args = argparse.Namespace(
+        steps=1, groups=2, group_size=8, lr=5e-4, seed=3, out=str(tmp_path), name="e2e-agent"
+    )
+    result = await demo.train_loop(backend, args, time.monotonic())
+    tm = result["model"]
+    assert result["rollouts"] == 16  # the training rollouts (evaluations are not stored)
+    assert tm.latest_step() == 1, "the seeded rollouts should have reward variance"
+    reply = oai.chat.completions.create(
+        model=tm.ref, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert reply.model == tm.ref == "wandb-artifact:///local/demo/e2e-agent:latest"
+    assert tm.ref_at(1) in [m.id for m in oai.models.list()]
+    assert result["png"].exists() and result["png"].stat().st_size > 1000
+    history = [json.loads(line) for line in tm.history_path.read_text().splitlines()]
+    assert any("eval/held_out_reward" in entry for entry in history)
+    assert any(entry.get("train/num_groups_trainable", 0) >= 1 for entry in history)
