@@ -69,7 +69,7 @@ def test_models_checkpoints_train_and_jobs_commands(backend, tmp_path):
             "jobs", "events", trained["job_id"], "--follow", backend=backend
         ).stdout.splitlines()
     ]
-    assert [e["type"] for e in events][0] == "training_started" and events[-1][
+    assert events[0]["type"] == "training_started" and events[-1][
         "type"
     ] == "training_ended"
     steps = [

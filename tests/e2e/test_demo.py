@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
 def load_demo():
     spec = importlib.util.spec_from_file_location("demo", DEMO)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["demo"] = module  # LangGraph resolves the State annotations through it
     spec.loader.exec_module(module)
     return module
 
