@@ -1,6 +1,7 @@
 """Adapter overhead over the raw openai SDK, against an instant loopback server, interleaved.
 
-Target (issue 5): ChatWandb's overhead <= 0.5x ChatOpenAI's, for invoke and for stream.
+Targets: ChatWandb's overhead <= 0.5x ChatOpenAI's, for invoke and for stream (issue 5);
+WandbLLM's chat overhead <= 0.5x OpenAILike's (issue 6).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import time
 import openai
 from instant_server import start
 from langchain_openai import ChatOpenAI
+from llama_index.core.llms import ChatMessage
+from llama_index.llms.openai_like import OpenAILike
+from llama_index.llms.wandb import WandbLLM
 
 from langchain_wandb import ChatWandb
 
@@ -29,6 +33,9 @@ def run() -> dict[str, float]:
     raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
     lc_openai = ChatOpenAI(model="m", base_url=url, api_key="k", max_retries=0, stream_usage=True)
     ours = ChatWandb(model="m", base_url=url, api_key="k", max_retries=0)
+    li_openai = OpenAILike(model="m", api_base=url, api_key="k", is_chat_model=True, max_retries=0)
+    li_ours = WandbLLM(model="m", api_base=url, api_key="k", max_retries=0)
+    li_messages = [ChatMessage(role="user", content="Hello")]
     cases = {
         "raw_invoke": lambda: raw.chat.completions.create(model="m", messages=MESSAGES),
         "chatopenai_invoke": lambda: lc_openai.invoke("Hello"),
@@ -40,6 +47,8 @@ def run() -> dict[str, float]:
         ),
         "chatopenai_stream": lambda: list(lc_openai.stream("Hello")),
         "chatwandb_stream": lambda: list(ours.stream("Hello")),
+        "openailike_chat": lambda: li_openai.chat(li_messages),
+        "wandbllm_chat": lambda: li_ours.chat(li_messages),
     }
     for fn in cases.values():  # warm up connections and imports
         for _ in range(20):
@@ -57,6 +66,11 @@ def run() -> dict[str, float]:
         result[f"chatwandb_{kind}_overhead_us"] = ours_over
         result[f"chatopenai_{kind}_overhead_us"] = theirs_over
         result[f"{kind}_overhead_ratio"] = ours_over / theirs_over
+    result["wandbllm_chat_overhead_us"] = median["wandbllm_chat"] - median["raw_invoke"]
+    result["openailike_chat_overhead_us"] = median["openailike_chat"] - median["raw_invoke"]
+    result["llamaindex_chat_overhead_ratio"] = (
+        result["wandbllm_chat_overhead_us"] / result["openailike_chat_overhead_us"]
+    )
     return result
 
 

@@ -16,6 +16,7 @@ import bench_engine  # noqa: E402
 TARGETS = {
     "invoke_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
     "stream_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
+    "llamaindex_chat_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
     "single_vs_raw_ratio": (">= 0.95", lambda v: v >= 0.95),
     "concurrent8_vs_single": (">= 3.5", lambda v: v >= 3.5),
     "concurrent16_vs_single": (">= 5", lambda v: v >= 5),

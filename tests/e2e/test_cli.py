@@ -69,9 +69,7 @@ def test_models_checkpoints_train_and_jobs_commands(backend, tmp_path):
             "jobs", "events", trained["job_id"], "--follow", backend=backend
         ).stdout.splitlines()
     ]
-    assert events[0]["type"] == "training_started" and events[-1][
-        "type"
-    ] == "training_ended"
+    assert events[0]["type"] == "training_started" and events[-1]["type"] == "training_ended"
     steps = [
         json.loads(line)["step"]
         for line in cli("checkpoints", "list", model["id"], backend=backend).stdout.splitlines()
