@@ -12,6 +12,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_adapter_overhead  # noqa: E402
 import bench_engine  # noqa: E402
+import bench_hooks  # noqa: E402
 
 TARGETS = {
     "invoke_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
@@ -21,12 +22,17 @@ TARGETS = {
     "concurrent8_vs_single": (">= 3.5", lambda v: v >= 3.5),
     "concurrent16_vs_single": (">= 5", lambda v: v >= 5),
     "constrained_slowdown": ("<= 0.15", lambda v: v <= 0.15),
+    "hook_cost_us": ("<= 100", lambda v: v <= 100),
+    "hook_cost_fraction": ("<= 0.03", lambda v: v <= 0.03),
+    "concurrent_throughput_ratio": (">= 0.8", lambda v: v >= 0.8),
+    "concurrent_rollouts_lost": ("0", lambda v: v == 0),
 }
 
 
 def main() -> None:
     sections = {
         "Adapter overhead (µs, medians of 400 interleaved rounds)": bench_adapter_overhead.run(),
+        "Trace hooks (µs, instant loopback server)": bench_hooks.run(),
         "Local engine (SmolLM2-135M fp32, 64 tokens)": bench_engine.run(),
     }
     lines = [
