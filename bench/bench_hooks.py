@@ -23,7 +23,8 @@ CONCURRENT = 500
 
 def run() -> dict[str, float]:
     url, server = start()
-    llm = ChatWandb(model="m", base_url=url, api_key="k", max_retries=0)
+    # the SDK's usual retries (the same for both loops): a burst of 500 connects can be refused
+    llm = ChatWandb(model="m", base_url=url, api_key="k", max_retries=3)
     handler = RolloutCallbackHandler()
     with tempfile.TemporaryDirectory() as tmp:
         store = RolloutStore(Path(tmp) / "r.db")

@@ -13,6 +13,7 @@ sys.path.insert(0, str(HERE))
 import bench_adapter_overhead  # noqa: E402
 import bench_engine  # noqa: E402
 import bench_hooks  # noqa: E402
+import bench_rl_step  # noqa: E402
 
 TARGETS = {
     "invoke_overhead_ratio": ("<= 0.5", lambda v: v <= 0.5),
@@ -23,6 +24,7 @@ TARGETS = {
     "concurrent16_vs_single": (">= 5", lambda v: v >= 5),
     "constrained_slowdown": ("<= 0.15", lambda v: v <= 0.15),
     "hook_cost_us": ("<= 100", lambda v: v <= 100),
+    "rl_step_vs_raw_peft": ("<= 1.2", lambda v: v <= 1.2),
     "hook_cost_fraction": ("<= 0.03", lambda v: v <= 0.03),
     "concurrent_throughput_ratio": (">= 0.8", lambda v: v >= 0.8),
     "concurrent_rollouts_lost": ("0", lambda v: v == 0),
@@ -34,6 +36,7 @@ def main() -> None:
         "Adapter overhead (µs, medians of 400 interleaved rounds)": bench_adapter_overhead.run(),
         "Trace hooks (µs, instant loopback server)": bench_hooks.run(),
         "Local engine (SmolLM2-135M fp32, 64 tokens)": bench_engine.run(),
+        "RL step (4 groups x 4 trajectories x ~250 tokens)": bench_rl_step.run(),
     }
     lines = [
         "# Benchmark results",
