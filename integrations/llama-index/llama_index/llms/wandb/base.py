@@ -325,10 +325,9 @@ class WandbLLM(FunctionCallingLLM):
         if self.structured_output_method == "json_schema":
             messages, fmt = self._structured_request(output_cls, prompt, **prompt_args)
             response = self.chat(messages, response_format=fmt, **(llm_kwargs or {}))
-            try:
-                return output_cls.model_validate_json(response.message.content or "")
-            except ValidationError:
-                pass
+            parsed = _validated(output_cls, response)
+            if parsed is not None:
+                return parsed
         return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
 
     async def astructured_predict(
@@ -341,10 +340,9 @@ class WandbLLM(FunctionCallingLLM):
         if self.structured_output_method == "json_schema":
             messages, fmt = self._structured_request(output_cls, prompt, **prompt_args)
             response = await self.achat(messages, response_format=fmt, **(llm_kwargs or {}))
-            try:
-                return output_cls.model_validate_json(response.message.content or "")
-            except ValidationError:
-                pass
+            parsed = _validated(output_cls, response)
+            if parsed is not None:
+                return parsed
         return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
 
     def _structured_stream_call(
@@ -383,6 +381,14 @@ class WandbLLM(FunctionCallingLLM):
                     yield obj
 
         return gen()
+
+
+def _validated(output_cls: type[Model], response: ChatResponse) -> Model | None:
+    """The response parsed as ``output_cls``, or None (the caller falls back to a tool call)."""
+    try:
+        return output_cls.model_validate_json(response.message.content or "")
+    except ValidationError:
+        return None
 
 
 def _partial(output_cls: type[Model], text: str) -> Any:

@@ -17,7 +17,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
-from llama_index.llms.wandb.utils import to_openai_messages
+from llama_index.llms.wandb.utils import to_openai_message, to_openai_messages
 from pydantic import PrivateAttr
 
 from wandb_serverless.rollouts.recorder import (
@@ -35,23 +35,8 @@ GROUP_TAGS = ("rollout_id", "llamaindex.run_id")
 
 def choice_from_response(response: ChatResponse) -> Any:
     """The model's turn: a Choice with exact tokens when the LLM returned logprobs."""
-    content, calls = [], []
-    for block in response.message.blocks:
-        if block.block_type == "text":
-            content.append(block.text)
-        elif block.block_type == "tool_call":
-            args = block.tool_kwargs
-            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-            calls.append(
-                {
-                    "id": block.tool_call_id,
-                    "type": "function",
-                    "function": {"name": block.tool_name, "arguments": arguments},
-                }
-            )
-    body: dict[str, Any] = {"content": "".join(content) or None}
-    if calls:
-        body["tool_calls"] = calls
+    body = {k: v for k, v in to_openai_message(response.message).items() if k != "role"}
+    calls = body.get("tool_calls")
     extra = response.additional_kwargs or {}
     logprobs = None
     if response.logprobs:
