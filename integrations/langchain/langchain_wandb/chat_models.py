@@ -462,7 +462,7 @@ class ChatWandb(BaseChatModel):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         request = self._request(messages, stop, False, run_manager, **kwargs)
         try:
-            response = self._client().chat.completions.create(**request)
+            response = protocol.post(self._client(), request)
         except openai.APIError as exc:
             raise _map_error(exc) from exc
         return self._result(response)
@@ -478,7 +478,7 @@ class ChatWandb(BaseChatModel):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         request = self._request(messages, stop, False, run_manager, **kwargs)
         try:
-            response = await self._client(async_client=True).chat.completions.create(**request)
+            response = await protocol.post(self._client(async_client=True), request)
         except openai.APIError as exc:
             raise _map_error(exc) from exc
         return self._result(response)
@@ -493,7 +493,7 @@ class ChatWandb(BaseChatModel):
         request = self._request(messages, stop, True, run_manager, **kwargs)
         parser = protocol.StreamParser()
         try:
-            for raw in self._client().chat.completions.create(**request):
+            for raw in protocol.post(self._client(), request):
                 chunk = self._generation_chunk(parser.parse(raw))
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -511,9 +511,7 @@ class ChatWandb(BaseChatModel):
         request = self._request(messages, stop, True, run_manager, **kwargs)
         parser = protocol.StreamParser()
         try:
-            async for raw in await self._client(async_client=True).chat.completions.create(
-                **request
-            ):
+            async for raw in await protocol.post(self._client(async_client=True), request):
                 chunk = self._generation_chunk(parser.parse(raw))
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

@@ -173,7 +173,7 @@ class Rollout:
             logs=logs,
         )
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def _complete(self, exc: BaseException | None) -> Trajectory:
         if exc is not None and not isinstance(exc, GeneratorExit):
             self.exception = {
                 "type": type(exc).__name__,
@@ -181,8 +181,17 @@ class Rollout:
                 "traceback": "".join(traceback.format_exception(exc))[-4000:],
             }
         self.trajectory = self.build()
+        return self.trajectory
+
+    def _finish(self, exc: BaseException | None) -> None:
+        trajectory = self._complete(exc)
         if self.store is not None:
-            self.store.save(self.trajectory, group=self.group, exception=self.exception)
+            self.store.save(trajectory, group=self.group, exception=self.exception)
+
+    async def _afinish(self, exc: BaseException | None) -> None:
+        trajectory = self._complete(exc)
+        if self.store is not None:
+            await self.store.asave(trajectory, group=self.group, exception=self.exception)
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)
@@ -196,7 +205,8 @@ class Rollout:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(kind, exc, tb)
+        _current.reset(self._token)
+        await self._afinish(exc)
 
 
 class rollout:
@@ -228,10 +238,12 @@ class rollout:
         self._active.__exit__(*exc)
 
     async def __aenter__(self) -> Rollout:
-        return self.__enter__()
+        self._active = self._new()
+        return await self._active.__aenter__()
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.__exit__(*exc)
+        assert self._active is not None
+        await self._active.__aexit__(*exc)
 
     def __call__(self, fn: Callable) -> Callable:
         """Decorate a (sync or async) function: each call is one rollout."""
@@ -239,7 +251,7 @@ class rollout:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._new() as run:
+                async with self._new() as run:
                     return await _call_with(run, fn, *args, **kwargs)
 
             return async_wrapper

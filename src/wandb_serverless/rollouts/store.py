@@ -3,12 +3,14 @@ context exits, so a crash loses nothing that had finished."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +36,30 @@ class RolloutStore:
         self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[tuple, Future]] = []
 
     def save(
         self, trajectory: Trajectory, *, group: str | None = None, exception: dict | None = None
     ) -> str:
-        trajectory_id = str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex)
+        """Commit one trajectory (on disk when this returns); returns its id."""
+        row, done = self._enqueue(trajectory, group, exception)
+        self._drain(done)
+        return row[0]
+
+    async def asave(
+        self, trajectory: Trajectory, *, group: str | None = None, exception: dict | None = None
+    ) -> str:
+        """``save`` without blocking the event loop; concurrent saves share one commit."""
+        row, done = self._enqueue(trajectory, group, exception)
+        await asyncio.to_thread(self._drain, done)
+        return row[0]
+
+    def _enqueue(
+        self, trajectory: Trajectory, group: str | None, exception: dict | None
+    ) -> tuple[tuple, Future]:
         row = (
-            trajectory_id,
+            str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex),
             group,
             time.time(),
             float(trajectory.reward),
@@ -48,11 +67,34 @@ class RolloutStore:
             json.dumps(exception) if exception else None,
             trajectory.model_dump_json(),
         )
+        done: Future = Future()
+        with self._queue_lock:
+            self._queue.append((row, done))
+        return row, done
+
+    def _drain(self, done: Future) -> None:
+        """Group commit: whoever holds the write lock commits every queued row in one
+        transaction (one fsync), so concurrent rollouts don't wait on one fsync each."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)", row
-            )
-        return trajectory_id
+            if not done.done():
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [row for row, _ in batch],
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    for _, waiter in batch:
+                        waiter.set_exception(exc)
+                else:
+                    for _, waiter in batch:
+                        waiter.set_result(None)
+        done.result()
 
     def set_reward(self, trajectory_id: str, reward: float) -> None:
         """Reward a stored trajectory later (e.g. after a judge scored its group)."""

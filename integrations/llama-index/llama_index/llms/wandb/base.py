@@ -172,13 +172,13 @@ class WandbLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        raw = self._client().chat.completions.create(**self._request(messages, False, **kwargs))
+        raw = protocol.post(self._client(), self._request(messages, False, **kwargs))
         return self._response(protocol.parse_completion(raw)[0], raw)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         client = self._client(async_client=True)
-        raw = await client.chat.completions.create(**self._request(messages, False, **kwargs))
+        raw = await protocol.post(client, self._request(messages, False, **kwargs))
         return self._response(protocol.parse_completion(raw)[0], raw)
 
     @llm_chat_callback()
@@ -187,7 +187,7 @@ class WandbLLM(FunctionCallingLLM):
 
         def gen() -> ChatResponseGen:
             snapshot = _Snapshot()
-            for raw in self._client().chat.completions.create(**request):
+            for raw in protocol.post(self._client(), request):
                 yield snapshot.add(raw)
 
         return gen()
@@ -201,7 +201,7 @@ class WandbLLM(FunctionCallingLLM):
 
         async def gen() -> ChatResponseAsyncGen:
             snapshot = _Snapshot()
-            async for raw in await client.chat.completions.create(**request):
+            async for raw in await protocol.post(client, request):
                 yield snapshot.add(raw)
 
         return gen()
