@@ -2,6 +2,11 @@
 
 Targets (issue 7): <= 100 µs and <= 3% of an agent step per LLM call with recording on;
 500 concurrent rollouts: 0 lost, throughput >= 0.8x the same loop with recording off.
+
+"Recording on" is ``with rollout(...)`` around ChatWandb: the adapter records its own calls
+(exact tokens; the server returns logprobs and token ids as a recording client asks). Also
+reported: the LangChain handler path for runs without ``rollout()`` (each run its own
+rollout), and what langchain-core itself costs per call for any handler (an empty one).
 """
 
 from __future__ import annotations
@@ -13,12 +18,46 @@ import time
 from pathlib import Path
 
 from instant_server import start
+from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_wandb import ChatWandb, RolloutCallbackHandler
 from wandb_serverless.rollouts import RolloutStore, rollout
 
 ROUNDS = 400
 CONCURRENT = 500
+REPEATS = 3
+
+
+def _agent_step_s(llm: ChatWandb) -> float:
+    """One LangGraph agent step (a model node over the message state), recording off."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def model(state: MessagesState) -> dict:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", model)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    agent = graph.compile()
+
+    def step() -> None:
+        agent.invoke({"messages": [("user", "Hello")]})
+
+    for _ in range(20):
+        step()
+    return statistics.median(_timed(step) for _ in range(ROUNDS))
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _in_rollout(call) -> None:
+    with rollout(group="g"):
+        call()
 
 
 def run() -> dict[str, float]:
@@ -29,29 +68,41 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store = RolloutStore(Path(tmp) / "r.db")
 
-        def plain() -> None:
-            llm.invoke("Hello")
+        class Empty(BaseCallbackHandler):
+            run_inline = True
 
-        def recorded() -> None:
-            with rollout(group="g"):
-                llm.invoke("Hello", config={"callbacks": [handler]})
-
-        for fn in (plain, recorded):
+        empty = Empty()
+        cases = {
+            "off": lambda: llm.invoke("Hello"),
+            "on": lambda: _in_rollout(lambda: llm.invoke("Hello")),
+            "handler": lambda: llm.invoke("Hello", config={"callbacks": [handler]}),
+            "empty_handler": lambda: llm.invoke("Hello", config={"callbacks": [empty]}),
+        }
+        for fn in cases.values():
             for _ in range(20):
                 fn()
-        samples: dict[str, list[float]] = {"off": [], "on": []}
+        samples: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(ROUNDS):
-            for name, fn in (("off", plain), ("on", recorded)):
+            for name, fn in cases.items():
                 started = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - started)
-        off, on = (statistics.median(samples[k]) for k in ("off", "on"))
+        median = {name: statistics.median(values) for name, values in samples.items()}
+        off = median["off"]
+        # paired per round (the machine's speed drifts between rounds, not within one)
+        cost = {
+            name: statistics.median(
+                a - b for a, b in zip(samples[name], samples["off"], strict=True)
+            )
+            for name in ("on", "handler", "empty_handler")
+        }
+        step = _agent_step_s(llm)
 
         async def loop(record: bool) -> float:
             async def one(i: int) -> None:
                 if record:
                     async with rollout(group=f"g{i % 50}", store=store):
-                        await llm.ainvoke("Hello", config={"callbacks": [handler]})
+                        await llm.ainvoke("Hello")
                 else:
                     await llm.ainvoke("Hello")
 
@@ -59,15 +110,28 @@ def run() -> dict[str, float]:
             await asyncio.gather(*(one(i) for i in range(CONCURRENT)))
             return CONCURRENT / (time.perf_counter() - started)
 
-        plain_rate = asyncio.run(loop(False))
-        recorded_rate = asyncio.run(loop(True))
-        stored = store.count()
+        async def rates() -> tuple[float, float]:
+            # one event loop (the async client's connections belong to it), warmed up first,
+            # then off/on alternated: connection churn of a cold burst would swamp the recording
+            await loop(False)
+            runs: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(REPEATS):
+                for record in (False, True):
+                    runs[record].append(await loop(record))
+            return statistics.median(runs[False]), statistics.median(runs[True])
+
+        plain_rate, recorded_rate = asyncio.run(rates())
+        stored = store.count() / REPEATS
     server.shutdown()
     return {
         "llm_call_us_off": off * 1e6,
-        "llm_call_us_on": on * 1e6,
-        "hook_cost_us": (on - off) * 1e6,
-        "hook_cost_fraction": (on - off) / off,
+        "llm_call_us_on": median["on"] * 1e6,
+        "agent_step_us_off": step * 1e6,
+        "hook_cost_us": cost["on"] * 1e6,
+        "hook_cost_fraction_of_llm_call": cost["on"] / off,
+        "hook_cost_fraction": cost["on"] / step,
+        "handler_path_cost_us": cost["handler"] * 1e6,
+        "langchain_any_handler_cost_us": cost["empty_handler"] * 1e6,
         "rollouts_per_s_off": plain_rate,
         "rollouts_per_s_on": recorded_rate,
         "concurrent_throughput_ratio": recorded_rate / plain_rate,

@@ -7,20 +7,44 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-COMPLETION = json.dumps(
+_REPLY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there, how can I help?"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+}
+COMPLETION = json.dumps(_REPLY).encode()
+# What a recording client asks for (logprobs + return_token_ids): the same reply with its tokens.
+_TOKENS = ["Hello", " there", ",", " how", " can", " I", " help", "?"]
+COMPLETION_WITH_TOKENS = json.dumps(
     {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
+        **_REPLY,
+        "prompt_token_ids": list(range(1, 11)),
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello there, how can I help?"},
-                "finish_reason": "stop",
+                **_REPLY["choices"][0],
+                "token_ids": list(range(100, 108)),
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": t,
+                            "logprob": -0.25,
+                            "bytes": list(t.encode()),
+                            "top_logprobs": [],
+                        }
+                        for t in _TOKENS
+                    ]
+                },
             }
         ],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
     }
 ).encode()
 
@@ -54,11 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        payload, kind = (
-            (STREAM, "text/event-stream")
-            if body.get("stream")
-            else (COMPLETION, "application/json")
-        )
+        if body.get("stream"):
+            payload, kind = STREAM, "text/event-stream"
+        else:
+            reply = COMPLETION_WITH_TOKENS if body.get("logprobs") else COMPLETION
+            payload, kind = reply, "application/json"
         self.send_response(200)
         self.send_header("content-type", kind)
         self.send_header("content-length", str(len(payload)))
@@ -72,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # the stdlib's backlog of 5 refuses bursts of concurrent clients
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that reset a kept-alive connection are normal here
 
 
 def start() -> tuple[str, ThreadingHTTPServer]:

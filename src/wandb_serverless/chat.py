@@ -153,15 +153,94 @@ def post(client: openai.OpenAI | openai.AsyncOpenAI, request: dict[str, Any]) ->
     per-call TypedDict transform and response models: those cost ~1.3 ms per call (measured,
     bench/RESULTS.md) and would only be dumped back to dicts here. For an ``AsyncOpenAI`` the
     result is awaitable. ``extra_body`` entries are merged into the body and win, as in the SDK.
+
+    Inside a rollout the call is recorded with the exact tokens the server returned, with no
+    trace hook involved (the hooks leave our adapters' calls to this).
     """
     body = dict(request)
     body.update(body.pop("extra_body", None) or {})
     stream = bool(body.get("stream"))
     is_async = isinstance(client, openai.AsyncOpenAI)
     stream_cls = openai.AsyncStream[object] if is_async else openai.Stream[object]
-    return client.post(
+    sent = client.post(
         "/chat/completions", body=body, cast_to=object, stream=stream, stream_cls=stream_cls
     )
+    if not recording():
+        return sent
+    if is_async:
+        return _arecorded(request, sent, stream)
+    return _recorded_stream(request, sent) if stream else _record(request, sent)
+
+
+def _record(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    choices = response.get("choices") or []
+    if choices:
+        choice = choices[0]
+        _add_call(
+            request,
+            choice.get("message") or {},
+            choice.get("finish_reason"),
+            choice.get("logprobs"),
+            choice.get("token_ids"),
+            response.get("prompt_token_ids"),
+        )
+    return response
+
+
+def _recorded_stream(request: dict[str, Any], chunks: Any) -> Any:
+    accumulator = StreamAccumulator()
+    for chunk in chunks:
+        accumulator.add(chunk)
+        yield chunk
+    accumulator.record(request)
+
+
+async def _arecorded(request: dict[str, Any], sent: Any, stream: bool) -> Any:
+    result = await sent
+    if not stream:
+        return _record(request, result)
+
+    async def chunks() -> Any:
+        accumulator = StreamAccumulator()
+        async for chunk in result:
+            accumulator.add(chunk)
+            yield chunk
+        accumulator.record(request)
+
+    return chunks()
+
+
+def _add_call(
+    request: dict[str, Any],
+    message: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None,
+    token_ids: list[int] | None,
+    prompt_token_ids: list[int] | None,
+) -> None:
+    from wandb_serverless.rollouts.recorder import (
+        RECORDING_GUARD,
+        LLMCall,
+        current_rollout,
+        make_choice,
+    )
+
+    def add() -> None:
+        run = current_rollout()
+        if run is None:
+            return
+        body = {k: v for k, v in message.items() if k != "role" and v is not None}
+        body.setdefault("content", None)
+        choice = make_choice(
+            body,
+            finish_reason=finish_reason,
+            logprobs=logprobs,
+            token_ids=token_ids,
+            prompt_token_ids=prompt_token_ids,
+        )
+        run.add_call(LLMCall(request["messages"], request.get("tools"), choice))
+
+    RECORDING_GUARD.run(add)
 
 
 def parse_arguments(raw: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -344,3 +423,66 @@ class StreamParser:
         if data.get("prompt_token_ids") is not None:
             delta.metadata["prompt_token_ids"] = data["prompt_token_ids"]
         return delta
+
+
+class StreamAccumulator:
+    """Accumulates a stream's chunks into the whole turn: text, reasoning, tool calls (by
+    index), logprobs, token ids, finish reason and usage."""
+
+    def __init__(self) -> None:
+        self.parser = StreamParser()
+        self.content = ""
+        self.reasoning = ""
+        self.calls: dict[int, ToolCall] = {}
+        self.token_ids: list[int] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.prompt_token_ids: list[int] | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def add(self, chunk: Any) -> Delta:
+        delta = self.parser.parse(chunk)
+        self.content += delta.content
+        self.reasoning += delta.reasoning
+        for part in delta.tool_calls:
+            call = self.calls.setdefault(part.index, ToolCall(part.id, part.name or "", ""))
+            call.id = call.id or part.id
+            call.name = call.name or (part.name or "")
+            call.arguments += part.arguments
+        self.token_ids += delta.metadata.get("token_ids") or []
+        self.logprobs += (delta.metadata.get("logprobs") or {}).get("content") or []
+        if "prompt_token_ids" in delta.metadata:
+            self.prompt_token_ids = delta.metadata["prompt_token_ids"]
+        self.finish_reason = delta.finish_reason or self.finish_reason
+        self.usage = delta.usage or self.usage
+        return delta
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [self.calls[i] for i in sorted(self.calls)]
+
+    def message(self) -> dict[str, Any]:
+        """The turn as an OpenAI assistant message."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
+        if self.reasoning:
+            message["reasoning"] = self.reasoning
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in self.tool_calls()
+            ]
+        return message
+
+    def record(self, request: dict[str, Any]) -> None:
+        """Add the finished turn to the rollout open in this context."""
+        _add_call(
+            request,
+            self.message(),
+            self.finish_reason,
+            {"content": self.logprobs} if self.logprobs else None,
+            self.token_ids or None,
+            self.prompt_token_ids,
+        )

@@ -180,3 +180,49 @@ def test_finished_rollouts_survive_sigkill(tmp_path):
     contents = {t.messages()[0]["content"] for t in stored}
     assert {str(i) for i in range(finished + 1)} <= contents  # every rollout it reported finished
     assert json.loads(stored[0].model_dump_json())["messages_and_choices"]
+
+
+def test_concurrent_saves_are_each_on_disk_when_save_returns(tmp_path):
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "r.db"
+    store = RolloutStore(path)
+
+    def save(i: int) -> bool:
+        trajectory = Trajectory(messages_and_choices=[USER], metadata={"rollout_id": f"t{i}"})
+        saved = store.save(trajectory, group="g")
+        reader = sqlite3.connect(path)  # another connection sees it: it was committed
+        try:
+            return reader.execute("SELECT 1 FROM trajectories WHERE id=?", (saved,)).fetchone()
+        finally:
+            reader.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(save, range(200)))
+    assert store.count() == 200
+
+
+async def test_concurrent_async_rollouts_share_commits(tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+    commits = 0
+    db = store._db
+
+    class Counting:  # sqlite3.Connection can't be patched; count COMMITs through a proxy
+        def __getattr__(self, name):
+            return getattr(db, name)
+
+        def execute(self, sql, *args):
+            nonlocal commits
+            commits += sql == "COMMIT"
+            return db.execute(sql, *args)
+
+    store._db = Counting()
+
+    async def one(i: int) -> None:
+        async with rollout(group="g", store=store) as run:
+            run.add_call(LLMCall([{"role": "user", "content": str(i)}], None, turn("x")))
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+    assert store.count() == 100
+    assert 1 <= commits <= 10  # group commit: not one fsync per rollout

@@ -172,3 +172,64 @@ def test_a_recorded_group_trains_on_the_local_backend(llm, backend):
     events = list(client.training_jobs.events.follow(job.id, poll_interval=0.1, timeout=300))
     assert events[-1].type == "training_ended" and events[1].data["num_trainable_tokens"] > 0
     assert [c.step for c in client.checkpoints.iter(model.id)] == [*before, len(before) + 1]
+
+
+def _assert_exact_tokens(choice: Choice, tokenizer) -> None:
+    ids = choice.model_extra["token_ids"]
+    assert len(choice.logprobs.content) == len(ids) and choice.model_extra["prompt_token_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == choice.message.content
+
+
+async def test_chatwandb_calls_in_a_rollout_are_recorded_without_any_handler(llm, tokenizer):
+    prompts = ["Name a color.", "Name a fruit.", "Name a city.", "Name an animal."]
+    with rollout(group="direct") as run:
+        llm.invoke(prompts[0])
+        chunks = list(llm.stream(prompts[1]))
+        await llm.ainvoke(prompts[2])
+        async_chunks = [c async for c in llm.astream(prompts[3])]
+    trajectory = run.trajectory
+    histories = [trajectory, *trajectory.additional_histories]
+    assert [h.messages()[0]["content"] for h in histories] == prompts
+    choices = [h.messages_and_choices[-1] for h in histories]
+    for choice in choices:
+        assert isinstance(choice, Choice)
+        _assert_exact_tokens(choice, tokenizer)
+    assert choices[1].message.content == "".join(c.text for c in chunks)
+    assert choices[3].message.content == "".join(c.text for c in async_chunks)
+
+
+def test_a_handler_and_the_adapter_never_record_a_call_twice(llm):
+    handler = RolloutCallbackHandler()
+    with rollout(group="once") as run:
+        state = build_agent(llm).invoke(
+            ask("Paris"), {"callbacks": [handler], "recursion_limit": 8}
+        )
+    model_turns = [m for m in state["messages"] if m.type == "ai"]
+    items = run.trajectory.messages_and_choices
+    assert sum(isinstance(i, Choice) for i in items) == len(model_turns)
+    assert not run.trajectory.additional_histories and handler.errors == 0
+
+
+def test_a_failing_recorder_does_not_change_the_answer(llm, monkeypatch):
+    from wandb_serverless.rollouts import recorder
+
+    baseline = llm.invoke("Name a color.").content
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("recorder exploded")
+
+    monkeypatch.setattr(recorder, "make_choice", boom)
+    errors = recorder.RECORDING_GUARD.errors
+    with rollout(group="broken") as run:
+        assert llm.invoke("Name a color.").content == baseline
+    assert recorder.RECORDING_GUARD.errors == errors + 1
+    assert run.trajectory.messages_and_choices == []
+
+
+def test_a_long_lived_handler_forgets_finished_runs(llm):
+    handler = RolloutCallbackHandler()
+    agent = build_agent(llm)
+    for city in ("Paris", "Rome"):
+        agent.invoke(ask(city), {"callbacks": [handler], "recursion_limit": 8})
+    assert len(handler.trajectories) == 2
+    assert not handler._runs and not handler._parents and not handler._members

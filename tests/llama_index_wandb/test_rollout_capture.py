@@ -72,3 +72,24 @@ async def test_runs_grouped_by_tag_without_a_rollout_block(backend, handler):
     (trajectory,) = handler.finish()
     tool_results = [m["content"] for m in trajectory.messages() if m["role"] == "tool"]
     assert tool_results and all(r == "It is sunny in Rome." for r in tool_results)
+
+
+async def test_wandbllm_calls_in_a_rollout_are_recorded_without_any_handler(backend, tokenizer):
+    from llama_index.core.llms import ChatMessage
+
+    llm = WandbLLM(
+        model="default", api_base=backend.base_url, api_key=backend.api_key, max_tokens=20
+    )
+    prompts = ["Name a color.", "Name a fruit.", "Name a city."]
+    async with rollout(group="direct") as run:
+        llm.chat([ChatMessage(role="user", content=prompts[0])])
+        streamed = list(llm.stream_chat([ChatMessage(role="user", content=prompts[1])]))
+        await llm.achat([ChatMessage(role="user", content=prompts[2])])
+    histories = [run.trajectory, *run.trajectory.additional_histories]
+    assert [h.messages()[0]["content"] for h in histories] == prompts
+    for history in histories:
+        choice = history.messages_and_choices[-1]
+        ids = choice.model_extra["token_ids"]
+        assert isinstance(choice, Choice) and len(choice.logprobs.content) == len(ids)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == choice.message.content
+    assert histories[1].messages_and_choices[-1].message.content == streamed[-1].message.content

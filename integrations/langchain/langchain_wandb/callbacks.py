@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
-from langchain_wandb.chat_models import _convert_messages_to_dicts
+from langchain_wandb.chat_models import ChatWandb, _convert_messages_to_dicts
 from wandb_serverless.rollouts.recorder import (
     HookGuard,
     LLMCall,
@@ -88,6 +88,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
         self._runs: dict[UUID, Rollout] = {}  # run id -> its rollout
         self._pending: dict[UUID, tuple[Rollout, list[dict], list[dict] | None]] = {}
         self._implicit: dict[Any, tuple[Rollout, UUID]] = {}  # key -> (rollout, root run)
+        self._members: dict[UUID, list[UUID]] = {}  # root run -> the runs under it
         self._lock = threading.RLock()
 
     @property
@@ -128,12 +129,16 @@ class RolloutCallbackHandler(BaseCallbackHandler):
                     self._implicit[key] = (Rollout(group=group, store=self.store), root)
                 rollout = self._implicit[key][0]
             self._runs[run_id] = rollout
+            self._members.setdefault(self._root(run_id), []).append(run_id)
             return rollout
 
     def _finish_root(self, run_id: UUID, error: BaseException | None = None) -> None:
         with self._lock:
             keys = [k for k, (_, root) in self._implicit.items() if root == run_id]
             finished = [self._implicit.pop(k)[0] for k in keys]
+            for member in self._members.pop(run_id, []):  # the run tree is done: forget it
+                self._parents.pop(member, None)
+                self._runs.pop(member, None)
         for rollout in finished:
             rollout._finish(error)
             if rollout.trajectory is not None:
@@ -164,8 +169,11 @@ class RolloutCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         def start() -> None:
+            params = kwargs.get("invocation_params") or {}
+            if params.get("_type") == ChatWandb._llm_type_name and current_rollout() is not None:
+                return  # ChatWandb records its own calls with the exact tokens (chat.post)
             rollout = self._rollout(run_id, parent_run_id, metadata)
-            tools = (kwargs.get("invocation_params") or {}).get("tools") or None
+            tools = params.get("tools") or None
             self._pending[run_id] = (rollout, _convert_messages_to_dicts(messages[0]), tools)
 
         self.guard.run(start)

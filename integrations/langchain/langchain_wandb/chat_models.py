@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -327,9 +327,11 @@ class ChatWandb(BaseChatModel):
 
     # -- LangChain plumbing ------------------------------------------------------------------
 
+    _llm_type_name: ClassVar[str] = "wandb-chat"
+
     @property
     def _llm_type(self) -> str:
-        return "wandb-chat"
+        return self._llm_type_name
 
     @property
     def model_name(self) -> str:

@@ -289,3 +289,7 @@ class HookGuard:
                 self._logged = True
                 log.exception("%s failed; the agent is unaffected (errors are counted)", self.name)
             return None
+
+
+#: Guards the recording our adapters' calls do in ``chat.post`` (no trace hook involved).
+RECORDING_GUARD = HookGuard("recording a chat call")

@@ -421,44 +421,25 @@ class _Snapshot:
     """Accumulates stream chunks into the cumulative ChatResponse LlamaIndex expects."""
 
     def __init__(self) -> None:
-        self.parser = protocol.StreamParser()
-        self.content = ""
-        self.reasoning = ""
-        self.calls: dict[int, protocol.ToolCall] = {}
-        self.metadata: dict[str, Any] = {}
-        self.token_ids: list[int] = []
-        self.logprobs: list[dict] = []
-        self.usage: protocol.Usage | None = None
+        self.turn = protocol.StreamAccumulator()
 
     def add(self, raw: Any) -> ChatResponse:
-        delta = self.parser.parse(raw)
-        self.content += delta.content
-        self.reasoning += delta.reasoning
-        for part in delta.tool_calls:
-            call = self.calls.setdefault(
-                part.index, protocol.ToolCall(part.id, part.name or "", "")
-            )
-            call.id = call.id or part.id
-            call.name = call.name or (part.name or "")
-            call.arguments += part.arguments
-        self.token_ids += delta.metadata.get("token_ids") or []
-        self.logprobs += (delta.metadata.get("logprobs") or {}).get("content") or []
-        if "prompt_token_ids" in delta.metadata:
-            self.metadata["prompt_token_ids"] = delta.metadata["prompt_token_ids"]
-        if delta.finish_reason:
-            self.metadata["finish_reason"] = delta.finish_reason
-        self.usage = delta.usage or self.usage
-        extra: dict[str, Any] = {**usage_kwargs(self.usage), **self.metadata}
-        if self.token_ids:
-            extra["token_ids"] = list(self.token_ids)
+        turn = self.turn
+        delta = turn.add(raw)
+        extra: dict[str, Any] = usage_kwargs(turn.usage)
+        if turn.prompt_token_ids is not None:
+            extra["prompt_token_ids"] = turn.prompt_token_ids
+        if turn.finish_reason:
+            extra["finish_reason"] = turn.finish_reason
+        if turn.token_ids:
+            extra["token_ids"] = list(turn.token_ids)
         if delta.reasoning:
             extra["thinking_delta"] = delta.reasoning
-        calls = [self.calls[i] for i in sorted(self.calls)]
         return ChatResponse(
-            message=assistant_message(self.content, self.reasoning or None, calls),
+            message=assistant_message(turn.content, turn.reasoning or None, turn.tool_calls()),
             delta=delta.content,
             raw=protocol.as_dict(raw),
-            logprobs=logprobs_of({"logprobs": {"content": self.logprobs}}),
+            logprobs=logprobs_of({"logprobs": {"content": turn.logprobs}}),
             additional_kwargs=extra,
         )
 

@@ -130,6 +130,8 @@ class RolloutEventHandler(BaseEventHandler):
 
     def _handle(self, event: BaseEvent) -> None:
         if isinstance(event, LLMChatStartEvent):
+            if (event.model_dict or {}).get("class_name") == "WandbLLM" and current_rollout():
+                return  # WandbLLM records its own calls with the exact tokens (chat.post)
             run = self._rollout(event)
             if run is None:
                 return
@@ -139,7 +141,7 @@ class RolloutEventHandler(BaseEventHandler):
             ] or None
             with self._lock:
                 self._pending.setdefault(_key(messages), []).append((run, messages, tools))
-        elif isinstance(event, LLMChatEndEvent) and event.response is not None:
+        elif isinstance(event, LLMChatEndEvent) and event.response is not None and self._pending:
             key = _key(to_openai_messages(list(event.messages)))
             with self._lock:
                 waiting = self._pending.get(key)
