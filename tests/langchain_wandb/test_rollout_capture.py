@@ -233,3 +233,28 @@ def test_a_long_lived_handler_forgets_finished_runs(llm):
         agent.invoke(ask(city), {"callbacks": [handler], "recursion_limit": 8})
     assert len(handler.trajectories) == 2
     assert not handler._runs and not handler._parents and not handler._members
+
+
+def test_a_real_agent_rollout_exports_to_weave_with_exact_tokens(llm, tokenizer):
+    from support.weave_fake import FakeTraceServer, weave_client
+    from weave.trace.context import weave_client_context
+
+    server = FakeTraceServer()
+    client = weave_client(server)
+    try:
+        with rollout(group="weave", weave=client) as run:
+            build_agent(llm).invoke(ask("Paris"), {"recursion_limit": 8})
+            run.reward = 1.0
+        client.flush()
+    finally:
+        weave_client_context.set_weave_client_global(None)
+    (root,) = client.get_calls(filter={"trace_roots_only": True})
+    chats = [
+        c for c in client.get_calls(filter={"trace_ids": [root.trace_id]}) if "chat" in c.op_name
+    ]
+    assert len(chats) == len(run.trajectory.choices()) >= 2
+    for chat in chats:
+        ids = chat.output["token_ids"]
+        assert len(chat.output["logprobs"]["content"]) == len(ids)
+    assert chats[0].inputs["tools"][0]["function"]["name"] == "get_weather"
+    assert server.feedback[-1]["payload"] == {"value": 1.0}

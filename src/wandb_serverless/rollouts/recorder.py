@@ -122,6 +122,7 @@ class Rollout:
     tool_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     exception: dict[str, str] | None = None
     trajectory: Trajectory | None = None
+    weave: Any = None  # True (the client weave.init made) or a WeaveClient: export on exit
     _token: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -187,11 +188,19 @@ class Rollout:
         trajectory = self._complete(exc)
         if self.store is not None:
             self.store.save(trajectory, group=self.group, exception=self.exception)
+        self._export(trajectory)
 
     async def _afinish(self, exc: BaseException | None) -> None:
         trajectory = self._complete(exc)
         if self.store is not None:
             await self.store.asave(trajectory, group=self.group, exception=self.exception)
+        self._export(trajectory)
+
+    def _export(self, trajectory: Trajectory) -> None:
+        if self.weave is not None and self.weave is not False:
+            from wandb_serverless.rollouts.weave_export import log_trajectory
+
+            WEAVE_GUARD.run(log_trajectory, trajectory, client=self.weave)
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)
@@ -214,6 +223,7 @@ class rollout:
 
     As a decorator each call is one rollout; a function that takes a ``rollout`` argument
     receives the Rollout (to set its reward), and the trajectory goes to the store.
+    ``weave=True`` (after ``weave.init``) or a WeaveClient also exports it as a Weave trace.
     """
 
     def __init__(
@@ -221,13 +231,14 @@ class rollout:
         group: str | None = None,
         metadata: dict[str, Any] | None = None,
         store: RolloutStore | None = None,
+        weave: Any = None,
     ) -> None:
-        self._args = (group, dict(metadata or {}), store)
+        self._args = (group, dict(metadata or {}), store, weave)
         self._active: Rollout | None = None
 
     def _new(self) -> Rollout:
-        group, metadata, store = self._args
-        return Rollout(group=group, metadata=dict(metadata), store=store)
+        group, metadata, store, weave = self._args
+        return Rollout(group=group, metadata=dict(metadata), store=store, weave=weave)
 
     def __enter__(self) -> Rollout:
         self._active = self._new()
@@ -293,3 +304,5 @@ class HookGuard:
 
 #: Guards the recording our adapters' calls do in ``chat.post`` (no trace hook involved).
 RECORDING_GUARD = HookGuard("recording a chat call")
+#: Guards the export of finished rollouts to Weave (a Weave outage never fails a rollout).
+WEAVE_GUARD = HookGuard("Weave export")

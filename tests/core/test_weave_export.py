@@ -1,0 +1,110 @@
+"""Rollouts exported as Weave traces, against an in-process Weave trace server (no network)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import weave  # the [weave] extra, which `make test` installs
+from support.weave_fake import FakeTraceServer, weave_client
+
+from wandb_serverless.rollouts import LLMCall, rollout
+from wandb_serverless.rollouts.recorder import WEAVE_GUARD, make_choice
+from wandb_serverless.rollouts.weave_export import log_trajectory
+
+LOGPROBS = {"content": [{"token": "token_id:7", "logprob": -0.2, "bytes": [1], "top_logprobs": []}]}
+USER = {"role": "user", "content": "weather in Paris?"}
+CALL = {
+    "id": "c1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+TOOL = {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+
+
+def choice(content=None, calls=None):
+    body = {"content": content, **({"tool_calls": calls} if calls else {})}
+    finish = "tool_calls" if calls else "stop"
+    return make_choice(body, finish_reason=finish, logprobs=LOGPROBS, token_ids=[7])
+
+
+@pytest.fixture
+def traced():
+    server = FakeTraceServer()
+    client = weave_client(server)
+    yield server, client
+    from weave.trace.context import weave_client_context
+
+    weave_client_context.set_weave_client_global(None)
+
+
+def test_weave_surface_this_export_relies_on():
+    """Contract test: fails loudly when a weave upgrade moves what the export calls."""
+    from weave.trace.weave_client import WeaveClient
+
+    assert weave.__version__.startswith("0.54.")
+    create = inspect.signature(WeaveClient.create_call).parameters
+    assert {"op", "inputs", "parent", "attributes", "display_name", "use_stack"} <= set(create)
+    assert {"call", "output", "exception"} <= set(
+        inspect.signature(WeaveClient.finish_call).parameters
+    )
+    assert callable(weave.get_client)
+
+
+def test_a_rollout_becomes_a_weave_trace_with_its_reward_as_feedback(traced):
+    server, client = traced
+    with rollout(group="paris", metadata={"city": "Paris"}, weave=True) as run:
+        run.add_call(LLMCall([USER], None, choice(calls=[CALL])))
+        run.add_call(
+            LLMCall([USER, choice(calls=[CALL]).message.model_dump(), TOOL], None, choice("Sunny."))
+        )
+        run.add_call(LLMCall([{"role": "user", "content": "judge"}], None, choice("ok")))
+        run.reward = 0.75
+    client.flush()
+    (root,) = client.get_calls(filter={"trace_roots_only": True})
+    assert "rollout" in root.op_name and root.attributes["city"] == "Paris"
+    assert root.output["reward"] == 0.75 and root.output["trainable"] is True
+    assert root.inputs["messages"] == [USER]
+    calls = list(client.get_calls(filter={"trace_ids": [root.trace_id]}))
+    chats = [c for c in calls if "chat" in c.op_name]
+    assert len(chats) == 3  # two turns of the main history, one of the judge's side history
+    first = next(c for c in chats if c.parent_id == root.id)
+    assert first.output["token_ids"] == [7] and first.output["logprobs"]["content"]
+    assert first.inputs["messages"] == [USER]
+    (feedback,) = server.feedback
+    assert feedback["feedback_type"] == "reward" and feedback["payload"] == {"value": 0.75}
+    assert feedback["weave_ref"].endswith(f"/call/{root.id}")
+    assert run.trajectory.metadata["rollout_id"] in root.attributes["rollout_id"]
+
+
+def test_a_stored_trajectory_can_be_logged_later(traced):
+    server, client = traced
+    with rollout(group="later") as run:
+        run.add_call(LLMCall([USER], None, choice("Sunny.")))
+    run.trajectory.reward = 1.0  # e.g. after a judge scored the group
+    root_id = log_trajectory(run.trajectory)
+    client.flush()
+    assert client.get_call(root_id).output["reward"] == 1.0
+    assert server.feedback[-1]["payload"] == {"value": 1.0}
+
+
+def test_a_weave_failure_never_fails_the_rollout(traced):
+    class Broken:
+        def create_call(self, *args, **kwargs):
+            raise ConnectionError("weave is down")
+
+    errors = WEAVE_GUARD.errors
+    with rollout(group="g", weave=Broken()) as run:
+        run.add_call(LLMCall([USER], None, choice("Sunny.")))
+        run.reward = 1.0
+    assert run.trajectory.reward == 1.0 and WEAVE_GUARD.errors == errors + 1
+
+
+def test_without_weave_init_the_error_says_what_to_do():
+    from weave.trace.context import weave_client_context
+
+    weave_client_context.set_weave_client_global(None)
+    with rollout() as run:
+        run.add_call(LLMCall([USER], None, choice("x")))
+    with pytest.raises(RuntimeError, match=r"weave\.init"):
+        log_trajectory(run.trajectory)
