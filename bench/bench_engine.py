@@ -19,6 +19,7 @@ from wandb_serverless.local import LocalBackend
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
 TOKENS = 64
+ROUNDS = 5
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
 
@@ -28,13 +29,10 @@ def raw_generate_tps(backend: LocalBackend) -> float:
     tok, model = loaded.tokenizer, loaded.model
     text = tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-    times = []
     with torch.no_grad():
-        for _ in range(3):
-            started = time.perf_counter()
-            model.generate(ids, max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False)
-            times.append(time.perf_counter() - started)
-    return TOKENS / statistics.median(times)
+        started = time.perf_counter()
+        model.generate(ids, max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False)
+        return TOKENS / (time.perf_counter() - started)
 
 
 def server_tps(client: openai.OpenAI, concurrency: int, **extra) -> float:
@@ -67,25 +65,22 @@ def ttft_ms(client: openai.OpenAI) -> float:
     return statistics.median(samples) * 1000
 
 
-def constrained_tps(client: openai.OpenAI, response_format: dict | None) -> float:
-    rates = []
-    for seed in range(3):
-        kwargs = (
-            {"response_format": response_format}
-            if response_format
-            else {"extra_body": {"ignore_eos": True}}
-        )
-        started = time.perf_counter()
-        reply = client.chat.completions.create(
-            model="default",
-            messages=PROMPT,
-            max_tokens=TOKENS,
-            temperature=0.7,
-            seed=seed,
-            **kwargs,
-        )
-        rates.append(reply.usage.completion_tokens / (time.perf_counter() - started))
-    return statistics.median(rates)
+def constrained_tps(client: openai.OpenAI, response_format: dict | None, seed: int) -> float:
+    kwargs = (
+        {"response_format": response_format}
+        if response_format
+        else {"extra_body": {"ignore_eos": True}}
+    )
+    started = time.perf_counter()
+    reply = client.chat.completions.create(
+        model="default",
+        messages=PROMPT,
+        max_tokens=TOKENS,
+        temperature=0.7,
+        seed=seed,
+        **kwargs,
+    )
+    return reply.usage.completion_tokens / (time.perf_counter() - started)
 
 
 def run() -> dict[str, float]:
@@ -96,13 +91,23 @@ def run() -> dict[str, float]:
     ):
         client = openai.OpenAI(base_url=backend.base_url, api_key=backend.api_key, max_retries=0)
         server_tps(client, 1)  # warm up
-        raw = raw_generate_tps(backend)
-        single = statistics.median(server_tps(client, 1) for _ in range(3))
-        eight = server_tps(client, 8)
-        sixteen = server_tps(client, 16)
-        free = constrained_tps(client, None)
-        schema = constrained_tps(
-            client, {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+        schema_format = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+        # Interleaved rounds, medians: this VM's speed drifts by 2x over minutes, so every
+        # ratio compares measurements taken side by side.
+        cases = {
+            "raw": lambda seed: raw_generate_tps(backend),
+            "single": lambda seed: server_tps(client, 1),
+            "eight": lambda seed: server_tps(client, 8),
+            "sixteen": lambda seed: server_tps(client, 16),
+            "free": lambda seed: constrained_tps(client, None, seed),
+            "schema": lambda seed: constrained_tps(client, schema_format, seed),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for seed in range(ROUNDS):
+            for name, measure in cases.items():
+                samples[name].append(measure(seed))
+        raw, single, eight, sixteen, free, schema = (
+            statistics.median(samples[name]) for name in cases
         )
         return {
             "raw_generate_tok_s": raw,

@@ -5,7 +5,7 @@ its exact tokens; a computable reward scores tool-use discipline (call get_weath
 city asked about); groups of rollouts train RL steps on the local backend; the newest checkpoint
 is served back to the agent (`model=tm.ref`) and evaluated on held-out cities after every step.
 
-    python examples/demo.py [--steps 5] [--groups 4] [--group-size 8]
+    python examples/demo.py [--steps 4] [--groups 4] [--group-size 8]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ TRAIN_CITIES = [
 ]  # fmt: skip
 HELD_OUT_CITIES = ["Tokyo", "Cairo", "Lima", "Toronto", "Sydney", "Nairobi", "Seoul", "Chicago",
                    "Mumbai", "Santiago", "Boston", "Denver"]  # fmt: skip
+EVAL_SAMPLES = 2
 QUESTIONS = [
     "What's the weather like in {city}?",
     "Is it raining in {city} right now?",
@@ -90,19 +91,17 @@ def task(city: str, rng: random.Random) -> str:
 
 
 def reward(messages: list[AnyMessage], city: str) -> float:
-    """1.0: get_weather called with the asked city; 0.25: right tool, wrong city; 0.1: an
-    attempt in the right direction (the placeholder, or the call written as text); 0 else."""
+    """1.0: get_weather called with the asked city; 0.25: called with another real city;
+    0 otherwise. The instruction's ``<city>`` placeholder earns nothing: with credit for it (or
+    for a call written as text) the policy collapsed onto the placeholder in two steps."""
     answer = messages[1] if len(messages) > 1 else None
-    if answer is None:
-        return 0.0
-    for call in answer.tool_calls:
+    for call in getattr(answer, "tool_calls", None) or []:
         if call["name"] == "get_weather":
-            asked = str(call["args"].get("city", "")).strip().lower()
-            if asked == city.lower():
+            asked = str(call["args"].get("city", "")).strip()
+            if asked.lower() == city.lower():
                 return 1.0
-            return 0.1 if "<city>" in asked else 0.25
-    text = answer.content if isinstance(answer.content, str) else ""
-    return 0.1 if "get_weather" in text or "tool_call" in text else 0.0
+            return 0.25 if asked and "<" not in asked and "city" not in asked.lower() else 0.0
+    return 0.0
 
 
 async def run_agent(
@@ -124,15 +123,24 @@ async def run_agent(
     return run.reward
 
 
-async def evaluate(backend: LocalBackend, ref: str) -> float:
+async def evaluate(backend: LocalBackend, ref: str, temperature: float) -> float:
+    """Mean reward on the held-out cities: EVAL_SAMPLES seeded samples per city, so the score
+    moves with the policy's odds of a right call (greedy decoding flips only at the end)."""
     llm = ChatWandb(
-        model=ref, base_url=backend.base_url, api_key=backend.api_key, temperature=0, max_tokens=40
+        model=ref,
+        base_url=backend.base_url,
+        api_key=backend.api_key,
+        temperature=temperature,
+        max_tokens=40,
     )
     agent = build_agent(llm)
     rng = random.Random(0)
-    scores = await asyncio.gather(*(
-        run_agent(agent, task(city, rng), city, seed=None, temperature=0) for city in HELD_OUT_CITIES
-    ))  # fmt: skip
+    jobs = [
+        run_agent(agent, task(city, rng), city, seed=1000 * i + j, temperature=temperature)
+        for i, city in enumerate(HELD_OUT_CITIES)
+        for j in range(EVAL_SAMPLES)
+    ]
+    scores = await asyncio.gather(*jobs)
     return sum(scores) / len(scores)
 
 
@@ -151,7 +159,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     store = RolloutStore(out / "rollouts.db")
     handler = RolloutCallbackHandler(store=store).install()  # zero-code capture
     rng = random.Random(args.seed)
-    curve = [(0, await evaluate(backend, tm.ref))]
+    curve = [(0, await evaluate(backend, tm.ref, args.temperature))]
     print(
         f"\n{'step':>4} {'train reward':>12} {'trainable groups':>16} {'held-out reward':>15} "
         f"{'rollouts':>8} {'train':>6} {'total':>6}"
@@ -163,8 +171,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
         model=tm.ref,
         base_url=backend.base_url,
         api_key=backend.api_key,
-        temperature=1.0,
-        top_p=1.0,
+        temperature=args.temperature,
         max_tokens=40,
     )
     agent = build_agent(sampler)
@@ -180,7 +187,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
                         question,
                         city,
                         seed=rng.randrange(1 << 30),
-                        temperature=1.0,
+                        temperature=args.temperature,
                         group=f"{args.name}-step{step}-{city}",
                         store=store,
                     )
@@ -194,7 +201,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
                 g for g in store.groups() if str(g.metadata.get("group", "")).startswith(prefix)
             ]
             result = tm.train_rl(groups, {"learning_rate": args.lr})
-            held_out = await evaluate(backend, tm.ref)
+            held_out = await evaluate(backend, tm.ref, args.temperature)
             curve.append((step, held_out))
             trainable = len(groups) - result.dropped_groups
             print(
@@ -219,7 +226,7 @@ async def main(args: argparse.Namespace) -> None:
     with (
         tempfile.TemporaryDirectory() as data_dir,
         LocalBackend.start(
-            data_dir=data_dir, model_cache_dir=MODEL_CACHE, max_batch_size=32
+            data_dir=data_dir, model_cache_dir=MODEL_CACHE, max_batch_size=64
         ) as backend,
     ):
         print(
@@ -243,10 +250,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=5, help="RL steps (default 5)")
+    parser.add_argument("--steps", type=int, default=4, help="RL steps (default 4)")
     parser.add_argument("--groups", type=int, default=4, help="prompts per step (default 4)")
     parser.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
-    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="weather-agent", help="the trained model's name")
     parser.add_argument(

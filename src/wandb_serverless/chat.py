@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from pydantic import BaseModel, Field
 
 # Standard fields the openai SDK takes as keyword arguments.
 STANDARD_PARAMS = frozenset(
@@ -57,6 +58,40 @@ VLLM_PARAMS = frozenset(
 )
 # Removed from vLLM (>=0.12) and silently ignored there: never sent.
 REMOVED_PARAMS = frozenset({"guided_json", "guided_regex", "guided_choice", "guided_grammar"})
+
+
+class SamplingFields(BaseModel):
+    """Sampling fields both adapters declare (OpenAI's and vLLM's), as typed model fields.
+
+    ``ChatWandb`` and ``WandbLLM`` inherit them; ``sampling_params()`` is what they send.
+    """
+
+    top_p: float | None = None
+    seed: int | None = Field(default=None, description="Same seed + same request = same output.")
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = Field(default=None, description="Return the tokens' logprobs.")
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    return_token_ids: bool | None = Field(
+        default=None, description="Return prompt_token_ids and token_ids (vLLM)."
+    )
+    chat_template_kwargs: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    cache_salt: str | None = None
+    priority: int | None = None
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The set fields, by their request names (``build_request`` sorts out where they go)."""
+        return {name: getattr(self, name) for name in SamplingFields.model_fields}
 
 
 def recording() -> bool:
@@ -189,9 +224,12 @@ def _record(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]
 
 def _recorded_stream(request: dict[str, Any], chunks: Any) -> Any:
     accumulator = StreamAccumulator()
-    for chunk in chunks:
-        accumulator.add(chunk)
-        yield chunk
+    try:
+        for chunk in chunks:
+            accumulator.add(chunk)
+            yield chunk
+    finally:  # a consumer that stops early still releases the connection
+        chunks.close()
     accumulator.record(request)
 
 
@@ -202,9 +240,12 @@ async def _arecorded(request: dict[str, Any], sent: Any, stream: bool) -> Any:
 
     async def chunks() -> Any:
         accumulator = StreamAccumulator()
-        async for chunk in result:
-            accumulator.add(chunk)
-            yield chunk
+        try:
+            async for chunk in result:
+                accumulator.add(chunk)
+                yield chunk
+        finally:
+            await result.close()
         accumulator.record(request)
 
     return chunks()

@@ -23,10 +23,26 @@ def load_demo():
 
 
 @pytest.mark.slow
-async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(backend, oai, tmp_path):
+async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(
+    backend, oai, tmp_path, monkeypatch
+):
     demo = load_demo()
+    # The demo's reward pays only for the right call, which the base model makes in ~1-4% of
+    # samples: a 16-rollout run often has no variance to learn from. This test is about the
+    # loop (record -> RL job -> checkpoint served), so it scores by the answer's length parity,
+    # which varies within any group of sampled answers.
+    monkeypatch.setattr(
+        demo, "reward", lambda messages, city: float(len(str(messages[-1].content)) % 2)
+    )
     args = argparse.Namespace(
-        steps=1, groups=2, group_size=8, lr=5e-4, seed=3, out=str(tmp_path), name="e2e-agent"
+        steps=1,
+        groups=2,
+        group_size=8,
+        lr=1e-3,
+        temperature=0.7,
+        seed=3,
+        out=str(tmp_path),
+        name="e2e-agent",
     )
     result = await demo.train_loop(backend, args, time.monotonic())
     tm = result["model"]
@@ -41,3 +57,18 @@ async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(back
     history = [json.loads(line) for line in tm.history_path.read_text().splitlines()]
     assert any("eval/held_out_reward" in entry for entry in history)
     assert any(entry.get("train/num_groups_trainable", 0) >= 1 for entry in history)
+
+
+def test_the_demo_reward_pays_for_the_asked_city_not_the_placeholder():
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    demo = load_demo()
+
+    def called(args: dict) -> list:
+        call = {"name": "get_weather", "args": args, "id": "c1"}
+        return [HumanMessage("Weather in Paris?"), AIMessage("", tool_calls=[call])]
+
+    assert demo.reward(called({"city": "Paris"}), "Paris") == 1.0
+    assert demo.reward(called({"city": "london"}), "Paris") == 0.25
+    assert demo.reward(called({"city": "<city>"}), "Paris") == 0.0
+    assert demo.reward([HumanMessage("q"), AIMessage("<tool_call>get_weather")], "Paris") == 0.0

@@ -183,7 +183,7 @@ def _combined(langchain_cls: type[Exception], sdk_cls: type[Exception]) -> type[
     return type(langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__})
 
 
-class ChatWandb(BaseChatModel):
+class ChatWandb(BaseChatModel, protocol.SamplingFields):
     """W&B chat model: W&B Inference models and your own RL/SFT-trained checkpoints.
 
     Setup:
@@ -278,35 +278,15 @@ class ChatWandb(BaseChatModel):
     """Completion token cap (sent as ``max_completion_tokens``)."""
     stop: list[str] | str | None = Field(default=None, alias="stop_sequences")
     """Stop strings."""
-    top_p: float | None = None
-    seed: int | None = None
     n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     logit_bias: dict[int, int] | None = None
-    logprobs: bool | None = None
-    """Return the sampled tokens' log-probabilities."""
-    top_logprobs: int | None = None
-    reasoning_effort: str | None = None
     streaming: bool = False
     """Use streaming under ``invoke`` too."""
     stream_usage: bool = True
     """Ask for the final usage chunk when streaming."""
 
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int | None = None
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool | None = None
-    ignore_eos: bool | None = None
-    skip_special_tokens: bool | None = None
-    return_token_ids: bool | None = None
-    """Return ``prompt_token_ids`` and ``token_ids`` (vLLM) in response_metadata."""
-    chat_template_kwargs: dict[str, Any] | None = None
-    structured_outputs: dict[str, Any] | None = None
-    cache_salt: str | None = None
-    priority: int | None = None
+    # top_p, seed, penalties, logprobs, reasoning_effort and the vLLM extras (top_k, min_p,
+    # return_token_ids, ...): protocol.SamplingFields, shared with WandbLLM.
 
     extra_body: dict[str, Any] | None = None
     """Extra JSON fields merged into the request body (the escape hatch for new vLLM params)."""
@@ -347,16 +327,9 @@ class ChatWandb(BaseChatModel):
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "stop": self.stop,
-            "top_p": self.top_p,
-            "seed": self.seed,
             "n": self.n,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
             "logit_bias": self.logit_bias,
-            "logprobs": self.logprobs,
-            "top_logprobs": self.top_logprobs,
-            "reasoning_effort": self.reasoning_effort,
-            **{name: getattr(self, name) for name in protocol.VLLM_PARAMS & _FIELDS},
+            **self.sampling_params(),
             **self.model_kwargs,
         }
         if self.extra_body:
@@ -609,6 +582,3 @@ class ChatWandb(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks(
             [fallback], exception_key="parsing_error"
         )
-
-
-_FIELDS = frozenset(ChatWandb.model_fields)

@@ -46,7 +46,7 @@ from wandb_serverless.config import ENV_API_KEY, ENV_PROJECT, Settings
 DEFAULT_CONTEXT_WINDOW = 8_192
 
 
-class WandbLLM(FunctionCallingLLM):
+class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     """W&B Inference (or your own trained checkpoint) as a LlamaIndex LLM.
 
     .. code-block:: python
@@ -73,23 +73,8 @@ class WandbLLM(FunctionCallingLLM):
     temperature: float | None = Field(default=None, description="Sampling temperature.")
     max_tokens: int | None = Field(default=None, description="Completion token cap.")
     context_window: int | None = Field(default=None, description="Override the context window.")
-    top_p: float | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: bool | None = Field(default=None, description="Return token logprobs.")
-    top_logprobs: int | None = None
-    reasoning_effort: str | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int | None = None
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool | None = None
-    ignore_eos: bool | None = None
-    return_token_ids: bool | None = Field(default=None, description="vLLM exact token ids.")
-    chat_template_kwargs: dict[str, Any] | None = None
-    structured_outputs: dict[str, Any] | None = None
+    # top_p, seed, penalties, logprobs, reasoning_effort and the vLLM extras (top_k, min_p,
+    # return_token_ids, ...): protocol.SamplingFields, shared with ChatWandb.
     strict: bool = Field(default=False, description="Strict JSON schemas for tools.")
     structured_output_method: Literal["json_schema", "function_calling"] = Field(
         default="json_schema", description="How structured_predict asks for JSON."
@@ -143,8 +128,9 @@ class WandbLLM(FunctionCallingLLM):
 
     def _request(self, messages: Sequence[ChatMessage], stream: bool, **kwargs: Any) -> dict:
         params: dict[str, Any] = {
+            "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-            **{name: getattr(self, name) for name in _PARAMS},
+            **self.sampling_params(),
             **self.additional_kwargs,
             **kwargs,
         }
@@ -442,7 +428,3 @@ class _Snapshot:
             logprobs=logprobs_of({"logprobs": {"content": turn.logprobs}}),
             additional_kwargs=extra,
         )
-
-
-#: Fields sent as request parameters: the protocol's standard and vLLM names this class has.
-_PARAMS = sorted((protocol.STANDARD_PARAMS | protocol.VLLM_PARAMS) & set(WandbLLM.model_fields))
