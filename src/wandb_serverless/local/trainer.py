@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ from wandb_serverless.models import ArtifactRef
 from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup, choice_to_message
 
 log = logging.getLogger(__name__)
+# peft reads transformers' deprecated `is_gradient_checkpointing` on every adapter save: noise
+# in every training job's output, nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 DEFAULT_RL_LR = 5e-4  # LoRA on a 135M model (rl_probe.md); hosted W&B's defaults differ
 DEFAULT_SFT_LR = 5e-4
