@@ -12,6 +12,13 @@ from typing import Any
 import openai
 from pydantic import BaseModel, Field
 
+from wandb_serverless.rollouts.recorder import (
+    RECORDING_GUARD,
+    LLMCall,
+    current_rollout,
+    make_choice,
+)
+
 # Standard fields the openai SDK takes as keyword arguments.
 STANDARD_PARAMS = frozenset(
     {
@@ -96,8 +103,6 @@ class SamplingFields(BaseModel):
 
 def recording() -> bool:
     """True while a rollout is recording in this context."""
-    from wandb_serverless.rollouts.recorder import current_rollout
-
     return current_rollout() is not None
 
 
@@ -259,13 +264,6 @@ def _add_call(
     token_ids: list[int] | None,
     prompt_token_ids: list[int] | None,
 ) -> None:
-    from wandb_serverless.rollouts.recorder import (
-        RECORDING_GUARD,
-        LLMCall,
-        current_rollout,
-        make_choice,
-    )
-
     def add() -> None:
         run = current_rollout()
         if run is None:

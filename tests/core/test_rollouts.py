@@ -59,7 +59,7 @@ def test_calls_that_extend_a_conversation_merge_into_one_history():
                 {
                     "role": "assistant",
                     "content": None,
-                    "tool_calls": first.message.model_dump()["tool_calls"],
+                    "tool_calls": first["message"]["tool_calls"],
                 },
                 tool,
             ],
@@ -111,6 +111,32 @@ def test_rollout_context_collects_reward_metrics_logs_and_exceptions(tmp_path):
         and saved.metadata["exception_type"] == "ValueError"
     )
     assert store.groups()[0].exceptions[0]["type"] == "ValueError"
+
+
+def test_a_malformed_model_turn_is_dropped_and_the_rest_is_saved(tmp_path):
+    from wandb_serverless.rollouts.recorder import RECORDING_GUARD
+
+    store = RolloutStore(tmp_path / "r.db")
+    errors = RECORDING_GUARD.errors
+    with rollout(group="g", store=store):
+        current_rollout().add_call(LLMCall([USER], None, turn("hi")))
+        bad = turn("ok", logprobs={"content": "not a list of tokens"})
+        current_rollout().add_call(LLMCall([{"role": "user", "content": "judge"}], None, bad))
+    (saved,) = store.query(group="g")
+    assert RECORDING_GUARD.errors == errors + 1
+    assert saved.messages() == [USER, {"role": "assistant", "content": "hi"}]
+    assert saved.additional_histories == [] and saved.is_trainable()
+
+
+def test_the_trajectory_is_what_the_rollout_held_when_it_exited():
+    with rollout(group="g") as run:
+        assert run.trajectory is None
+        run.add_call(LLMCall([USER], None, turn("hi")))
+        run.reward = 0.5
+    run.reward = 1.0  # after exit: neither the trajectory nor a store sees it
+    run.add_call(LLMCall([USER], None, turn("late")))
+    assert run.trajectory.reward == 0.5 and len(run.trajectory.choices()) == 1
+    assert run.trajectory is run.trajectory  # built once
 
 
 async def test_concurrent_async_rollouts_do_not_share_the_context():

@@ -55,9 +55,7 @@ def test_a_rollout_becomes_a_weave_trace_with_its_reward_as_feedback(traced):
     server, client = traced
     with rollout(group="paris", metadata={"city": "Paris"}, weave=True) as run:
         run.add_call(LLMCall([USER], None, choice(calls=[CALL])))
-        run.add_call(
-            LLMCall([USER, choice(calls=[CALL]).message.model_dump(), TOOL], None, choice("Sunny."))
-        )
+        run.add_call(LLMCall([USER, choice(calls=[CALL])["message"], TOOL], None, choice("Sunny.")))
         run.add_call(LLMCall([{"role": "user", "content": "judge"}], None, choice("ok")))
         run.reward = 0.75
     client.flush()

@@ -82,7 +82,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     def __init__(self, store: RolloutStore | None = None, *, group: str | None = None) -> None:
         self.store = store
         self.group = group
-        self.trajectories: list[Trajectory] = []
+        self._finished: list[Rollout] = []
         self.guard = HookGuard("RolloutCallbackHandler")
         self._parents: dict[UUID, UUID | None] = {}
         self._runs: dict[UUID, Rollout] = {}  # run id -> its rollout
@@ -94,6 +94,12 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     @property
     def errors(self) -> int:
         return self.guard.errors
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        """The rollouts this handler finished, in the order their root runs ended (each
+        built on first use, off the agent's path)."""
+        return [run.trajectory for run in self._finished if run.trajectory is not None]
 
     # -- installation ------------------------------------------------------------------------
 
@@ -141,8 +147,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
                 self._runs.pop(member, None)
         for rollout in finished:
             rollout._finish(error)
-            if rollout.trajectory is not None:
-                self.trajectories.append(rollout.trajectory)
+        self._finished += finished
 
     # -- callbacks ---------------------------------------------------------------------------
 

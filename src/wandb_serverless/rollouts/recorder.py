@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory
+from wandb_serverless.rollouts.trajectory import (
+    Choice,
+    History,
+    Trajectory,
+    choice_to_message,
+    message_or_choice,
+)
 
 if TYPE_CHECKING:
     from wandb_serverless.rollouts.store import RolloutStore
@@ -38,15 +44,15 @@ def current_rollout() -> Rollout | None:
 
 @dataclass
 class LLMCall:
-    """One model call: what was sent, the tools offered, and the model's turn."""
+    """One model call: what was sent, the tools offered, and the model's turn.
+
+    ``choice`` is JSON data (what ``make_choice`` returns) or a ``Choice``: recording keeps the
+    server's data as it came, and it is validated once, when the trajectory is built.
+    """
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
-    choice: Choice | dict[str, Any]
-
-    @property
-    def trainable(self) -> bool:
-        return isinstance(self.choice, Choice) and self.choice.logprobs is not None
+    choice: dict[str, Any] | Choice
 
 
 def make_choice(
@@ -56,8 +62,9 @@ def make_choice(
     logprobs: dict[str, Any] | None = None,
     token_ids: list[int] | None = None,
     prompt_token_ids: list[int] | None = None,
-) -> Choice | dict[str, Any]:
-    """The model's turn: a trainable ``Choice`` when logprobs came back, else a plain dict."""
+) -> dict[str, Any]:
+    """The model's turn as JSON data: a ``Choice`` (trainable) when logprobs came back, else a
+    plain assistant message. ``History`` validates either when the trajectory is built."""
     if logprobs is None:
         return {k: v for k, v in message.items() if v is not None} | {"role": "assistant"}
     data: dict[str, Any] = {
@@ -70,10 +77,17 @@ def make_choice(
         data["token_ids"] = token_ids
     if prompt_token_ids is not None:
         data["prompt_token_ids"] = prompt_token_ids
-    return Choice.model_validate(data)
+    return data
 
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+def _as_message(item: dict[str, Any] | Choice) -> dict[str, Any]:
+    """The message a recorded item stands for (a model turn's message, else the item)."""
+    if isinstance(item, Choice):
+        return choice_to_message(item)
+    return item["message"] if "role" not in item and "message" in item else item
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -87,24 +101,48 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def merge_calls(calls: list[LLMCall]) -> tuple[History | None, list[History]]:
     """Prefix-merge calls into histories: the first is the main one, the rest side ones."""
-    histories: list[History] = []
+    merged: list[tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]] | None]] = []
     for call in calls:
-        for history in histories:
-            known = history.messages()
+        turn = _as_message(call.choice)
+        for items, known, tools in merged:
             if (
                 len(known) <= len(call.messages)
-                and (history.tools or None) == (call.tools or None)
+                and (tools or None) == (call.tools or None)
                 and all(_same(k, m) for k, m in zip(known, call.messages, strict=False))
             ):
-                history.messages_and_choices += [*call.messages[len(known) :], call.choice]
+                new = call.messages[len(known) :]
+                items += [*new, call.choice]
+                known += [*new, turn]
                 break
         else:
-            histories.append(
-                History(messages_and_choices=[*call.messages, call.choice], tools=call.tools)
-            )
+            merged.append(([*call.messages, call.choice], [*call.messages, turn], call.tools))
+    histories = [History(messages_and_choices=items, tools=tools) for items, _, tools in merged]
     if not histories:
         return None, []
     return histories[0], histories[1:]
+
+
+def _build(
+    calls: list[LLMCall], tool_results: dict[str, dict[str, Any]], fields: dict[str, Any]
+) -> Trajectory:
+    """A Trajectory from recorded calls; tool results no call's messages carried go last.
+
+    A call whose model turn does not validate (a server's malformed logprobs, say) is dropped,
+    logged once and counted, as any recording failure: the rest of the trajectory is kept.
+    """
+    main, others = merge_calls([checked for call in calls if (checked := _validated(call))])
+    if main is None:
+        return Trajectory(additional_histories=others, **fields)
+    seen = {m.get("tool_call_id") for m in main.messages()}
+    items = [*main.messages_and_choices, *(r for k, r in tool_results.items() if k not in seen)]
+    return Trajectory(
+        messages_and_choices=items, tools=main.tools, additional_histories=others, **fields
+    )
+
+
+def _validated(call: LLMCall) -> LLMCall | None:
+    choice = RECORDING_GUARD.run(message_or_choice, call.choice)
+    return None if choice is None else LLMCall(call.messages, call.tools, choice)
 
 
 @dataclass
@@ -121,9 +159,10 @@ class Rollout:
     calls: list[LLMCall] = field(default_factory=list)
     tool_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     exception: dict[str, str] | None = None
-    trajectory: Trajectory | None = None
     weave: Any = None  # True (the client weave.init made) or a WeaveClient: export on exit
     _token: Any = field(default=None, repr=False)
+    _final: Any = field(default=None, repr=False)  # the snapshot taken on exit
+    _trajectory: Trajectory | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- what hooks call ---------------------------------------------------------------------
@@ -145,14 +184,22 @@ class Rollout:
 
     # -- finishing ---------------------------------------------------------------------------
 
+    @property
+    def trajectory(self) -> Trajectory | None:
+        """The finished Trajectory: None while the rollout is open, then what it held when it
+        exited (built on first use: recording itself never waits on validation)."""
+        if self._trajectory is None and self._final is not None:
+            self._trajectory = _build(*self._final)
+        return self._trajectory
+
     def build(self) -> Trajectory:
-        """The Trajectory so far (also used on exit)."""
+        """The Trajectory so far."""
+        return _build(*self._snapshot())
+
+    def _snapshot(self) -> tuple[list[LLMCall], dict[str, dict[str, Any]], dict[str, Any]]:
+        """What the trajectory is built from: the calls, tool results and the other fields."""
         with self._lock:
-            main, others = merge_calls(list(self.calls))
-            tools = main.tools if main else None
-            items = list(main.messages_and_choices) if main else []
-            seen = {m.get("tool_call_id") for m in (main.messages() if main else [])}
-            items += [r for k, r in self.tool_results.items() if k not in seen and main is not None]
+            calls, results = list(self.calls), dict(self.tool_results)
         metadata = {**self.metadata, "rollout_id": self.id}
         if self.group is not None:
             metadata["group"] = self.group
@@ -160,47 +207,44 @@ class Rollout:
         if self.exception:
             metadata["exception_type"] = self.exception["type"]
             logs.append(f"{self.exception['type']}: {self.exception['message']}")
-        return Trajectory(
-            messages_and_choices=items,
-            tools=tools,
-            additional_histories=others,
-            reward=float(self.reward),
-            metrics=dict(self.metrics),
-            metadata={
+        fields = {
+            "reward": float(self.reward),
+            "metrics": dict(self.metrics),
+            "metadata": {
                 k: v
                 for k, v in metadata.items()
                 if isinstance(v, str | int | float | bool) or v is None
             },
-            logs=logs,
-        )
+            "logs": logs,
+        }
+        return calls, results, fields
 
-    def _complete(self, exc: BaseException | None) -> Trajectory:
+    def _complete(self, exc: BaseException | None) -> None:
         if exc is not None and not isinstance(exc, GeneratorExit):
             self.exception = {
                 "type": type(exc).__name__,
                 "message": str(exc),
                 "traceback": "".join(traceback.format_exception(exc))[-4000:],
             }
-        self.trajectory = self.build()
-        return self.trajectory
+        self._final = self._snapshot()
 
     def _finish(self, exc: BaseException | None) -> None:
-        trajectory = self._complete(exc)
+        self._complete(exc)
         if self.store is not None:
-            self.store.save(trajectory, group=self.group, exception=self.exception)
-        self._export(trajectory)
+            self.store.save(self.trajectory, group=self.group, exception=self.exception)
+        self._export()
 
     async def _afinish(self, exc: BaseException | None) -> None:
-        trajectory = self._complete(exc)
+        self._complete(exc)
         if self.store is not None:
-            await self.store.asave(trajectory, group=self.group, exception=self.exception)
-        self._export(trajectory)
+            await self.store.asave(self.trajectory, group=self.group, exception=self.exception)
+        self._export()
 
-    def _export(self, trajectory: Trajectory) -> None:
+    def _export(self) -> None:
         if self.weave is not None and self.weave is not False:
             from wandb_serverless.rollouts.weave_export import log_trajectory
 
-            WEAVE_GUARD.run(log_trajectory, trajectory, client=self.weave)
+            WEAVE_GUARD.run(log_trajectory, self.trajectory, client=self.weave)
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)

@@ -17,7 +17,8 @@ __all__ = ["Choice", "History", "Trajectory", "TrajectoryGroup"]
 MESSAGE_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 
 
-def _message_or_choice(value: Any) -> dict[str, Any] | Choice:
+def message_or_choice(value: Any) -> dict[str, Any] | Choice:
+    """One item of ``messages_and_choices``, validated: a message dict or a ``Choice``."""
     if isinstance(value, Choice):
         return value
     if isinstance(value, BaseModel):
@@ -41,7 +42,7 @@ def _dump(value: dict[str, Any] | Choice) -> dict[str, Any]:
 
 MessageOrChoice = Annotated[
     Any,
-    PlainValidator(_message_or_choice),
+    PlainValidator(message_or_choice),
     PlainSerializer(_dump),
     WithJsonSchema({"type": "object", "description": "an OpenAI message param or a Choice"}),
 ]
