@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -234,13 +235,13 @@ async def test_concurrent_async_rollouts_share_commits(tmp_path):
     commits = 0
     db = store._db
 
-    class Counting:  # sqlite3.Connection can't be patched; count COMMITs through a proxy
+    class Counting:  # sqlite3.Connection can't be patched; count writes through a proxy
         def __getattr__(self, name):
             return getattr(db, name)
 
         def execute(self, sql, *args):
             nonlocal commits
-            commits += sql == "COMMIT"
+            commits += sql.startswith("INSERT")  # autocommit: one statement, one transaction
             return db.execute(sql, *args)
 
     store._db = Counting()
@@ -252,3 +253,36 @@ async def test_concurrent_async_rollouts_share_commits(tmp_path):
     await asyncio.gather(*(one(i) for i in range(100)))
     assert store.count() == 100
     assert 1 <= commits <= 10  # group commit: not one fsync per rollout
+
+
+async def test_each_async_save_is_on_disk_when_it_returns(tmp_path):
+    path = tmp_path / "r.db"
+    store = RolloutStore(path)
+    reader = sqlite3.connect(path)  # another connection sees it: it was committed
+
+    async def one(i: int) -> bool:
+        await asyncio.sleep(0.001 * (i % 7))
+        trajectory = Trajectory(messages_and_choices=[USER], metadata={"rollout_id": f"a{i}"})
+        saved = await store.asave(trajectory, group="g")
+        return reader.execute("SELECT 1 FROM trajectories WHERE id=?", (saved,)).fetchone()
+
+    assert all(await asyncio.gather(*(one(i) for i in range(200))))
+    reader.close()
+
+
+async def test_a_failed_commit_reaches_every_waiter_and_the_next_save_works(tmp_path, monkeypatch):
+    store = RolloutStore(tmp_path / "r.db")
+    commit = store._commit
+
+    def disk_full(rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_commit", disk_full)
+
+    def save(i: int):
+        return store.asave(Trajectory(metadata={"rollout_id": f"f{i}"}), group="g")
+
+    results = await asyncio.gather(*(save(i) for i in range(5)), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    monkeypatch.setattr(store, "_commit", commit)
+    assert await save(9) == "f9" and store.count() == 1

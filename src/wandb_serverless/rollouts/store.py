@@ -25,6 +25,9 @@ CREATE INDEX IF NOT EXISTS trajectories_by_group ON trajectories (grp, created);
 """
 
 
+MAX_ROWS_PER_INSERT = 1000  # 7 values a row, under SQLite's default limit of 32766
+
+
 class RolloutStore:
     """``RolloutStore("rollouts.db")``: save, query by group/metadata/reward, export."""
 
@@ -35,9 +38,11 @@ class RolloutStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk
         self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held by a group commit around _commit
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[tuple, Future]] = []
+        self._async_queues: dict[asyncio.AbstractEventLoop, list[tuple[tuple, asyncio.Future]]] = {}
+        self._flushes: set[asyncio.Task] = set()
 
     def save(
         self, trajectory: Trajectory, *, group: str | None = None, exception: dict | None = None
@@ -50,23 +55,62 @@ class RolloutStore:
     async def asave(
         self, trajectory: Trajectory, *, group: str | None = None, exception: dict | None = None
     ) -> str:
-        """``save`` without blocking the event loop; concurrent saves share one commit."""
-        row, done = self._enqueue(trajectory, group, exception)
-        await asyncio.to_thread(self._drain, done)
+        """``save`` without blocking the event loop (committed when this returns).
+
+        Group commit on the loop: saves that arrive while a commit runs share the next one,
+        which costs one hop to a worker thread for the whole batch, not one per save.
+        """
+        row = _row(trajectory, group, exception)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        queue = self._async_queues.get(loop)
+        if queue is None:  # no flush running on this loop: start one
+            queue = self._async_queues[loop] = []
+            flush = loop.create_task(self._flush(loop, queue))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        queue.append((row, waiter))
+        await waiter
         return row[0]
+
+    async def _flush(self, loop: asyncio.AbstractEventLoop, queue: list) -> None:
+        try:
+            while queue:
+                batch = queue[:]
+                queue.clear()
+                try:
+                    await asyncio.to_thread(self._commit, [row for row, _ in batch])
+                except asyncio.CancelledError:
+                    for _, waiter in batch:
+                        waiter.cancel()
+                    raise
+                except Exception as exc:  # every waiter of the batch sees why
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            del self._async_queues[loop]
+
+    def _commit(self, rows: list[tuple]) -> None:
+        """Insert rows atomically with one statement: one transaction, one fsync, and one
+        release of the GIL (each costs a wait for it back beside a busy event loop)."""
+        for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+            chunk = rows[start : start + MAX_ROWS_PER_INSERT]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            with self._lock:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO trajectories VALUES {values}",
+                    [value for row in chunk for value in row],
+                )
 
     def _enqueue(
         self, trajectory: Trajectory, group: str | None, exception: dict | None
     ) -> tuple[tuple, Future]:
-        row = (
-            str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex),
-            group,
-            time.time(),
-            float(trajectory.reward),
-            json.dumps(trajectory.metadata),
-            json.dumps(exception) if exception else None,
-            trajectory.model_dump_json(),
-        )
+        row = _row(trajectory, group, exception)
         done: Future = Future()
         with self._queue_lock:
             self._queue.append((row, done))
@@ -80,15 +124,8 @@ class RolloutStore:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 try:
-                    self._db.execute("BEGIN")
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO trajectories VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [row for row, _ in batch],
-                    )
-                    self._db.execute("COMMIT")
+                    self._commit([row for row, _ in batch])
                 except BaseException as exc:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
                     for _, waiter in batch:
                         waiter.set_exception(exc)
                 else:
@@ -187,6 +224,18 @@ class RolloutStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _row(trajectory: Trajectory, group: str | None, exception: dict | None) -> tuple:
+    return (
+        str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex),
+        group,
+        time.time(),
+        float(trajectory.reward),
+        json.dumps(trajectory.metadata),
+        json.dumps(exception) if exception else None,
+        trajectory.model_dump_json(),
+    )
 
 
 def sft_row(trajectory: Trajectory) -> dict[str, Any] | None:
