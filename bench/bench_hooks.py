@@ -4,9 +4,16 @@ Targets (issue 7): <= 100 µs and <= 3% of an agent step per LLM call with recor
 500 concurrent rollouts: 0 lost, throughput >= 0.8x the same loop with recording off.
 
 "Recording on" is ``with rollout(...)`` around ChatWandb: the adapter records its own calls
-(exact tokens; the server returns logprobs and token ids as a recording client asks). Also
-reported: the LangChain handler path for runs without ``rollout()`` (each run its own
-rollout), and what langchain-core itself costs per call for any handler (an empty one).
+(exact tokens; the server returns logprobs and token ids as a recording client asks). The
+Trajectory is built when first used, so "on" times the recording; "on + trajectory" also
+builds it (validation of every token's logprob, as a store does at exit). Also reported: the
+LangChain handler path for runs without ``rollout()`` (each run its own rollout), and what
+langchain-core itself costs per call for any handler (an empty one).
+
+The server runs in its own process, as a real one does (in-process, its Python work shared
+the client's GIL). The machine's speed drifts between seconds, so every figure is paired:
+per-call costs within a round of all cases, throughputs as per-round ratios of back-to-back
+500-rollout bursts (order alternating), medians over rounds.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from instant_server import start
+from instant_server import start_process
 from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_wandb import ChatWandb, RolloutCallbackHandler
@@ -25,7 +32,7 @@ from wandb_serverless.rollouts import RolloutStore, rollout
 
 ROUNDS = 400
 CONCURRENT = 500
-REPEATS = 3
+BURST_ROUNDS = 15
 
 
 def _agent_step_s(llm: ChatWandb) -> float:
@@ -55,13 +62,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def _in_rollout(call) -> None:
-    with rollout(group="g"):
+def _in_rollout(call, build: bool = False) -> None:
+    with rollout(group="g") as run:
         call()
+    if build:
+        assert run.trajectory is not None
 
 
 def run() -> dict[str, float]:
-    url, server = start()
+    url, server = start_process()
     # the SDK's usual retries (the same for both loops): a burst of 500 connects can be refused
     llm = ChatWandb(model="m", base_url=url, api_key="k", max_retries=3)
     handler = RolloutCallbackHandler()
@@ -75,6 +84,7 @@ def run() -> dict[str, float]:
         cases = {
             "off": lambda: llm.invoke("Hello"),
             "on": lambda: _in_rollout(lambda: llm.invoke("Hello")),
+            "on_built": lambda: _in_rollout(lambda: llm.invoke("Hello"), build=True),
             "handler": lambda: llm.invoke("Hello", config={"callbacks": [handler]}),
             "empty_handler": lambda: llm.invoke("Hello", config={"callbacks": [empty]}),
         }
@@ -94,7 +104,7 @@ def run() -> dict[str, float]:
             name: statistics.median(
                 a - b for a, b in zip(samples[name], samples["off"], strict=True)
             )
-            for name in ("on", "handler", "empty_handler")
+            for name in ("on", "on_built", "handler", "empty_handler")
         }
         step = _agent_step_s(llm)
 
@@ -110,32 +120,36 @@ def run() -> dict[str, float]:
             await asyncio.gather(*(one(i) for i in range(CONCURRENT)))
             return CONCURRENT / (time.perf_counter() - started)
 
-        async def rates() -> tuple[float, float]:
-            # one event loop (the async client's connections belong to it), warmed up first,
-            # then off/on alternated: connection churn of a cold burst would swamp the recording
+        async def ratios() -> tuple[float, float, list[float]]:
+            # one event loop (the async client's connections belong to it), warmed up first
             await loop(False)
-            runs: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(REPEATS):
-                for record in (False, True):
-                    runs[record].append(await loop(record))
-            return statistics.median(runs[False]), statistics.median(runs[True])
+            await loop(True)
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(BURST_ROUNDS):
+                for record in (False, True) if i % 2 == 0 else (True, False):
+                    rates[record].append(await loop(record))
+            paired = [on / off for off, on in zip(rates[False], rates[True], strict=True)]
+            return statistics.median(rates[False]), statistics.median(rates[True]), paired
 
-        plain_rate, recorded_rate = asyncio.run(rates())
-        stored = store.count() / REPEATS
-    server.shutdown()
+        plain_rate, recorded_rate, paired = asyncio.run(ratios())
+        lost = CONCURRENT * (BURST_ROUNDS + 1) - store.count()  # every recorded burst
+    server.kill()
     return {
         "llm_call_us_off": off * 1e6,
         "llm_call_us_on": median["on"] * 1e6,
         "agent_step_us_off": step * 1e6,
         "hook_cost_us": cost["on"] * 1e6,
+        "hook_cost_with_trajectory_us": cost["on_built"] * 1e6,
         "hook_cost_fraction_of_llm_call": cost["on"] / off,
         "hook_cost_fraction": cost["on"] / step,
         "handler_path_cost_us": cost["handler"] * 1e6,
         "langchain_any_handler_cost_us": cost["empty_handler"] * 1e6,
         "rollouts_per_s_off": plain_rate,
         "rollouts_per_s_on": recorded_rate,
-        "concurrent_throughput_ratio": recorded_rate / plain_rate,
-        "concurrent_rollouts_lost": float(CONCURRENT - stored),
+        "concurrent_throughput_ratio": statistics.median(paired),
+        "concurrent_ratio_quartile_low": statistics.quantiles(paired)[0],
+        "concurrent_ratio_quartile_high": statistics.quantiles(paired)[2],
+        "concurrent_rollouts_lost": float(lost),
     }
 
 

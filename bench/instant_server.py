@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -105,3 +107,18 @@ def start() -> tuple[str, ThreadingHTTPServer]:
     server = _Server(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/v1", server
+
+
+def start_process() -> tuple[str, subprocess.Popen]:
+    """The same server in its own process (own GIL and core), as a real server is: the
+    client's costs are then measured without the server's Python work competing for the GIL."""
+    process = subprocess.Popen(
+        [sys.executable, __file__], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    return process.stdout.readline().strip(), process
+
+
+if __name__ == "__main__":
+    main_server = _Server(("127.0.0.1", 0), _Handler)
+    print(f"http://127.0.0.1:{main_server.server_address[1]}/v1", flush=True)
+    main_server.serve_forever()
