@@ -56,12 +56,15 @@ def ttft_ms(client: openai.OpenAI) -> float:
     samples = []
     for _ in range(5):
         started = time.perf_counter()
-        for chunk in client.chat.completions.create(
+        # closed on break: an abandoned stream, finalised by the GC inside httpcore's pool
+        # lock on this thread's next request, deadlocks (seen once in `make bench`)
+        with client.chat.completions.create(
             model="default", messages=PROMPT, max_tokens=8, stream=True
-        ):
-            if chunk.choices and chunk.choices[0].delta.content:
-                samples.append(time.perf_counter() - started)
-                break
+        ) as stream:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    samples.append(time.perf_counter() - started)
+                    break
     return statistics.median(samples) * 1000
 
 
