@@ -209,12 +209,25 @@ def test_finished_rollouts_survive_sigkill(tmp_path):
     assert json.loads(stored[0].model_dump_json())["messages_and_choices"]
 
 
-def test_concurrent_saves_are_each_on_disk_when_save_returns(tmp_path):
+SYNCHRONOUS = pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+
+
+def test_the_store_applies_its_synchronous_setting_and_rejects_others(tmp_path):
+    for name, level in (("NORMAL", 1), ("FULL", 2)):
+        store = RolloutStore(tmp_path / f"{name}.db", synchronous=name)
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="synchronous must be 'NORMAL' or 'FULL', not 'OFF'"):
+        RolloutStore(tmp_path / "off.db", synchronous="OFF")
+
+
+@SYNCHRONOUS
+def test_concurrent_saves_are_each_committed_when_save_returns(tmp_path, synchronous):
     import sqlite3
     from concurrent.futures import ThreadPoolExecutor
 
     path = tmp_path / "r.db"
-    store = RolloutStore(path)
+    store = RolloutStore(path, synchronous=synchronous)
 
     def save(i: int) -> bool:
         trajectory = Trajectory(messages_and_choices=[USER], metadata={"rollout_id": f"t{i}"})
@@ -230,8 +243,9 @@ def test_concurrent_saves_are_each_on_disk_when_save_returns(tmp_path):
     assert store.count() == 200
 
 
-async def test_concurrent_async_rollouts_share_commits(tmp_path):
-    store = RolloutStore(tmp_path / "r.db")
+@SYNCHRONOUS
+async def test_concurrent_async_rollouts_share_commits(tmp_path, synchronous):
+    store = RolloutStore(tmp_path / "r.db", synchronous=synchronous)
     commits = 0
     db = store._db
 
@@ -255,9 +269,10 @@ async def test_concurrent_async_rollouts_share_commits(tmp_path):
     assert 1 <= commits <= 10  # group commit: not one fsync per rollout
 
 
-async def test_each_async_save_is_on_disk_when_it_returns(tmp_path):
+@SYNCHRONOUS
+async def test_each_async_save_is_committed_when_it_returns(tmp_path, synchronous):
     path = tmp_path / "r.db"
-    store = RolloutStore(path)
+    store = RolloutStore(path, synchronous=synchronous)
     reader = sqlite3.connect(path)  # another connection sees it: it was committed
 
     async def one(i: int) -> bool:
@@ -270,8 +285,11 @@ async def test_each_async_save_is_on_disk_when_it_returns(tmp_path):
     reader.close()
 
 
-async def test_a_failed_commit_reaches_every_waiter_and_the_next_save_works(tmp_path, monkeypatch):
-    store = RolloutStore(tmp_path / "r.db")
+@SYNCHRONOUS
+async def test_a_failed_commit_reaches_every_waiter_and_the_next_save_works(
+    tmp_path, monkeypatch, synchronous
+):
+    store = RolloutStore(tmp_path / "r.db", synchronous=synchronous)
     commit = store._commit
 
     def disk_full(rows):
