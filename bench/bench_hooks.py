@@ -32,7 +32,7 @@ from wandb_serverless.rollouts import RolloutStore, rollout
 
 ROUNDS = 400
 CONCURRENT = 500
-BURST_ROUNDS = 15
+BURST_ROUNDS = 30
 
 
 def _agent_step_s(llm: ChatWandb) -> float:
