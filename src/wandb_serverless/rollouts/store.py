@@ -113,7 +113,7 @@ class RolloutStore:
             del self._async_queues[loop]
 
     def _commit(self, rows: list[tuple]) -> None:
-        """Insert rows atomically with one statement: one transaction, one fsync, and one
+        """Insert rows atomically with one statement: one transaction (one fsync with FULL), one
         release of the GIL (each costs a wait for it back beside a busy event loop)."""
         for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
             chunk = rows[start : start + MAX_ROWS_PER_INSERT]
@@ -135,7 +135,7 @@ class RolloutStore:
 
     def _drain(self, done: Future) -> None:
         """Group commit: whoever holds the write lock commits every queued row in one
-        transaction (one fsync), so concurrent rollouts don't wait on one fsync each."""
+        transaction, so concurrent rollouts don't wait on one commit (or fsync) each."""
         with self._lock:
             if not done.done():
                 with self._queue_lock:
