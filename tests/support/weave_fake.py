@@ -43,7 +43,8 @@ class FakeTraceServer:
         call_id = start.get("id") or str(uuid.uuid4())
         trace_id = start.get("trace_id") or call_id
         start.update(id=call_id, trace_id=trace_id)
-        self.calls[call_id] = start
+        # merged: the client's background sender may deliver a call's end before its start
+        self.calls.setdefault(call_id, {}).update(start)
         return NS(id=call_id, trace_id=trace_id)
 
     def call_end(self, req: Any) -> NS:
