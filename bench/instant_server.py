@@ -72,6 +72,14 @@ STREAM = (
 ).encode()
 
 
+def _reply(raw_body: bytes) -> tuple[bytes, str]:
+    """The canned payload for a request body, and its content type."""
+    body = json.loads(raw_body)
+    if body.get("stream"):
+        return STREAM, "text/event-stream"
+    return (COMPLETION_WITH_TOKENS if body.get("logprobs") else COMPLETION), "application/json"
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -80,12 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if body.get("stream"):
-            payload, kind = STREAM, "text/event-stream"
-        else:
-            reply = COMPLETION_WITH_TOKENS if body.get("logprobs") else COMPLETION
-            payload, kind = reply, "application/json"
+        payload, kind = _reply(self.rfile.read(int(self.headers["content-length"])))
         self.send_response(200)
         self.send_header("content-type", kind)
         self.send_header("content-length", str(len(payload)))
@@ -129,15 +132,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
             )
-            body = json.loads(await reader.readexactly(length))
-            if body.get("stream"):
-                payload, kind = STREAM, b"text/event-stream"
-            else:
-                reply = COMPLETION_WITH_TOKENS if body.get("logprobs") else COMPLETION
-                payload, kind = reply, b"application/json"
+            payload, kind = _reply(await reader.readexactly(length))
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-                % (kind, len(payload), payload)
+                % (kind.encode(), len(payload), payload)
             )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

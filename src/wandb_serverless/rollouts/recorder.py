@@ -131,8 +131,8 @@ def _build(
     logged once and counted, as any recording failure: the rest of the trajectory is kept.
     """
     main, others = merge_calls([checked for call in calls if (checked := _validated(call))])
-    if main is None:
-        return Trajectory(additional_histories=others, **fields)
+    if main is None:  # no model turn was recorded
+        return Trajectory(**fields)
     seen = {m.get("tool_call_id") for m in main.messages()}
     items = [*main.messages_and_choices, *(r for k, r in tool_results.items() if k not in seen)]
     return Trajectory(

@@ -113,12 +113,13 @@ class RolloutStore:
             del self._async_queues[loop]
 
     def _commit(self, rows: list[tuple]) -> None:
-        """Insert rows atomically with one statement: one transaction (one fsync with FULL), one
-        release of the GIL (each costs a wait for it back beside a busy event loop)."""
-        for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
-            chunk = rows[start : start + MAX_ROWS_PER_INSERT]
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-            with self._lock:
+        """Insert rows with one statement per ``MAX_ROWS_PER_INSERT``: each is one transaction
+        (one fsync with FULL) and one release of the GIL (each costs a wait for it back
+        beside a busy event loop)."""
+        with self._lock:
+            for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+                chunk = rows[start : start + MAX_ROWS_PER_INSERT]
+                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                 self._db.execute(
                     f"INSERT OR REPLACE INTO trajectories VALUES {values}",
                     [value for row in chunk for value in row],
