@@ -31,6 +31,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         default_max_tokens=args.default_max_tokens,
         entity=args.entity,
+        docs=args.docs,
+        max_body_bytes=args.max_body_bytes,
+        sft_data_dir=Path(args.sft_data_dir) if args.sft_data_dir else None,
     )
     print(f"serving {app.state.backend.model_id} on http://{args.host}:{args.port}/v1", flush=True)
     if generated:
@@ -203,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--entity", default="local", help="entity for models created without one")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
+    serve.add_argument(
+        "--docs", action="store_true", help="serve /docs, /redoc and /openapi.json (no key needed)"
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="largest request body; larger ones get 413 (default: 8 MiB)",
+    )
+    serve.add_argument(
+        "--sft-data-dir",
+        help="a directory SFT jobs may read file:// datasets from (default: none; datasets come "
+        "from the artifact store)",
+    )
     serve.set_defaults(handler=_serve)
 
     def api(sub: Any, name: str, help: str) -> argparse.ArgumentParser:

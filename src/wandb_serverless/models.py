@@ -13,7 +13,12 @@ SCHEME = "wandb-artifact:"
 CHECKPOINT_FORM = "wandb-artifact:///entity/project/name[:stepN|:latest]"
 ARTIFACT_FORM = "wandb-artifact:///entity/project/name[:alias]"
 
-_SEGMENT = r"[A-Za-z0-9_.\-]+"
+# W&B's names: letters, digits, '-', '_', '.'; here also at most 128 characters, not starting
+# with '.', and never '..' (so a name is always one safe path segment).
+_SEGMENT = r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}"
+NAME_RULE = "1-128 letters, digits, '-', '_' or '.', not starting with '.', without '..'"
+_NAME_RE = re.compile(rf"^{_SEGMENT}$")
+MAX_STEP = 2**63 - 1
 _ARTIFACT_RE = re.compile(
     rf"^wandb-artifact:///?(?P<entity>{_SEGMENT})/(?P<project>{_SEGMENT})/(?P<name>{_SEGMENT})"
     rf"(?::(?P<alias>{_SEGMENT}))?$"
@@ -33,7 +38,7 @@ class ArtifactRef:
     @classmethod
     def parse(cls, url: str, *, form: str = ARTIFACT_FORM) -> ArtifactRef:
         match = _ARTIFACT_RE.match(url.strip()) if isinstance(url, str) else None
-        if match is None:
+        if match is None or ".." in url:
             raise ValueError(f"artifact reference {url!r} is not of the form {form}")
         return cls(**match.groupdict())
 
@@ -57,7 +62,8 @@ class CheckpointRef(ArtifactRef):
             ref = ArtifactRef.parse(url, form=form)
         except ValueError:
             raise ValueError(f"model reference {url!r} is not of the form {form}") from None
-        if ref.alias not in (None, "latest") and not _STEP_RE.match(ref.alias):
+        step = _STEP_RE.match(ref.alias or "")
+        if ref.alias not in (None, "latest") and (not step or int(step.group(1)) > MAX_STEP):
             raise ValueError(
                 f"model reference {url!r} has alias {ref.alias!r}; expected :stepN or :latest "
                 f"({form})"
@@ -77,6 +83,11 @@ class CheckpointRef(ArtifactRef):
     def at(self, step: int | None) -> CheckpointRef:
         """The same model at another step (None: latest)."""
         return CheckpointRef.of(self.entity, self.project, self.name, step)
+
+
+def is_valid_name(value: str) -> bool:
+    """An entity, project, model or artifact name that W&B accepts and a path can hold."""
+    return isinstance(value, str) and bool(_NAME_RE.match(value)) and ".." not in value
 
 
 def parse_model(model: str) -> str | CheckpointRef:

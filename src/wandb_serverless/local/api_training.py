@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -20,9 +21,8 @@ from wandb_serverless.api.types import (
     ModelCreate,
 )
 from wandb_serverless.local.state import ModelRow, State, page
-from wandb_serverless.models import ArtifactRef
-
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+from wandb_serverless.models import NAME_RULE, ArtifactRef, is_valid_name
+from wandb_serverless.rollouts.trajectory import TrajectoryGroup
 
 
 class PublishDataset(BaseModel):
@@ -36,6 +36,18 @@ class PublishDataset(BaseModel):
 def invalid(location: list[str | int], message: str) -> HTTPException:
     """A 422 in FastAPI's own shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
     return HTTPException(422, [{"loc": location, "msg": message, "type": "value_error"}])
+
+
+def require_finite(groups: list[TrajectoryGroup]) -> None:
+    """Rewards and metrics must be numbers: a NaN poisons training and every average."""
+    for g, group in enumerate(groups):
+        for t, trajectory in enumerate(group.trajectories):
+            where = ["body", "trajectory_groups", g, "trajectories", t]
+            if not math.isfinite(trajectory.reward):
+                raise invalid([*where, "reward"], "must be a finite number")
+            for key, value in trajectory.metrics.items():
+                if not math.isfinite(value):
+                    raise invalid([*where, "metrics", key], "must be a finite number")
 
 
 def adapter_name(checkpoint_id: str) -> str:
@@ -79,17 +91,8 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
     async def create_model(body: ModelCreate) -> dict[str, Any]:
         entity = body.entity or backend.default_entity
         for label, value in (("entity", entity), ("project", body.project), ("name", body.name)):
-            if not _NAME.match(value):
-                raise HTTPException(
-                    422,
-                    [
-                        {
-                            "loc": ["body", label],
-                            "msg": "use letters, digits, '.', '_' or '-'",
-                            "type": "value_error",
-                        }
-                    ],
-                )
+            if not is_valid_name(value):
+                raise invalid(["body", label], f"use {NAME_RULE}")
         if body.base_model not in backend.trainable_base_models():
             raise HTTPException(
                 400,
@@ -141,6 +144,7 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
     @app.post("/v1/preview/models/{model_id}/log", dependencies=dependencies)
     async def log(model_id: str, body: LogRequest) -> dict[str, Any]:
         model_or_404(model_id)
+        require_finite(body.trajectory_groups)
         state.set_metrics(model_id, state.latest_step(model_id), log_metrics(body))
         return {}
 
@@ -163,25 +167,25 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
                     }
                 ],
             )
+        require_finite(body.trajectory_groups)
         return submit(body.model_id, "rl", body)
 
     @app.post("/v1/preview/sft-training-jobs", dependencies=dependencies)
     async def create_sft_job(body: CreateSFTTrainingJob) -> dict[str, Any]:
         url = body.training_data_url
-        if not url.startswith("file://"):
+        where = ["body", "training_data_url"]
+        if url.startswith("file://"):
+            if backend.worker.sft_data_dir is None:
+                raise invalid(
+                    where,
+                    "file:// datasets are refused: publish the data to the artifact store, or "
+                    "start the server with --sft-data-dir",
+                )
+        else:
             try:
                 ArtifactRef.parse(url)
             except ValueError as exc:
-                raise HTTPException(
-                    422,
-                    [
-                        {
-                            "loc": ["body", "training_data_url"],
-                            "msg": str(exc),
-                            "type": "value_error",
-                        }
-                    ],
-                ) from None
+                raise invalid(where, str(exc)) from None
         return submit(body.model_id, "sft", body)
 
     @app.get("/v1/preview/training-jobs/{job_id}", dependencies=dependencies)
@@ -204,9 +208,9 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
         entity: str, project: str, name: str, body: PublishDataset
     ) -> dict[str, Any]:
         for label, value in (("entity", entity), ("project", project), ("name", name)):
-            if not _NAME.match(value):
-                raise invalid(["path", label], "use letters, digits, '.', '_' or '-'")
-        base = state.artifacts_dir / entity / project / name
+            if not is_valid_name(value):
+                raise invalid(["path", label], f"use {NAME_RULE}")
+        base = state.inside(state.artifacts_dir, entity, project, name)
         base.mkdir(parents=True, exist_ok=True)
         version = 1 + max(
             (int(p.name[1:]) for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)), default=-1

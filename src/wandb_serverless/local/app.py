@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from wandb_serverless.api.client import LOCAL_BACKEND
 from wandb_serverless.local.api_training import adapter_name, add_training_routes
 from wandb_serverless.local.engine import (
     DoneEvent,
@@ -24,7 +25,8 @@ from wandb_serverless.local.engine import (
     QueueFullError,
     TokenEvent,
 )
-from wandb_serverless.local.grammar import GrammarError, Vocabulary
+from wandb_serverless.local.grammar import Constraint, GrammarError, Vocabulary
+from wandb_serverless.local.guard import DEFAULT_MAX_BODY_BYTES, Guard
 from wandb_serverless.local.loader import DEFAULT_ALIASES, LoadedModel
 from wandb_serverless.local.protocol import (
     BadRequest,
@@ -33,7 +35,7 @@ from wandb_serverless.local.protocol import (
     TokenText,
     plan,
 )
-from wandb_serverless.local.state import State
+from wandb_serverless.local.state import PathOutsideError, State
 from wandb_serverless.local.tools import ParsedCall, ToolStreamParser, parse_tool_calls
 from wandb_serverless.local.trainer import TrainingWorker
 from wandb_serverless.models import CheckpointRef, is_checkpoint
@@ -52,6 +54,7 @@ class Backend:
     worker: TrainingWorker
     default_max_tokens: int = 512
     default_entity: str = "local"
+    preprocess_timeout: float = 30.0
     vocab: Vocabulary = field(init=False)
     token_text: TokenText = field(init=False)
     started: float = field(default_factory=time.time)
@@ -96,6 +99,18 @@ class Backend:
             raise HTTPException(404, f"The model `{name}` has no checkpoint at step {ref.step}.")
         return adapter_name(checkpoint.id), checkpoint.path
 
+    def prepare(self, body: ChatCompletionRequest) -> tuple[Plan, list[Constraint | None]]:
+        """The engine plan and one grammar matcher per choice (runs on a worker thread)."""
+        run = plan(
+            body,
+            self.loaded.tokenizer,
+            context_length=self.engine.context_length,
+            default_max_tokens=self.default_max_tokens,
+            vocab_size=self.engine.vocab_size,
+        )
+        grammar = run.grammar
+        return run, [self.vocab.constraint(grammar) if grammar else None for _ in range(body.n)]
+
     def served_models(self) -> list[str]:
         checkpoints = [
             str(CheckpointRef.of(m.entity, m.project, m.name, step))
@@ -112,13 +127,36 @@ def _auth(request: Request) -> None:
         raise HTTPException(401, "Authentication failed", headers={"WWW-Authenticate": "Bearer"})
 
 
-def create_app(backend: Backend) -> FastAPI:
-    app = FastAPI(title="wandb-serverless local backend", version="1")
+def create_app(
+    backend: Backend, *, docs: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> FastAPI:
+    """The API; ``docs`` turns on /docs, /redoc and /openapi.json (off: they need no key)."""
+    app = FastAPI(
+        title="wandb-serverless local backend",
+        version="1",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.add_middleware(Guard, max_body_bytes=max_body_bytes)
     app.state.backend = backend
     authed = [Depends(_auth)]
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape without the echoed input: it can be huge, or NaN (not JSON)
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(PathOutsideError)
+    async def _outside(_: Request, exc: PathOutsideError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(GrammarError)
@@ -135,6 +173,7 @@ def create_app(backend: Backend) -> FastAPI:
         database_ok = backend.state.healthy()
         body = {
             "api": True,
+            "backend": LOCAL_BACKEND,  # how clients tell this server from W&B's
             "database": database_ok,
             "cpu_queue": {"success": engine_ok, "duration": 0.0, **backend.engine.load},
             "gpu_queue": {"success": True, "duration": 0.0, "available": False},
@@ -163,25 +202,39 @@ def create_app(backend: Backend) -> FastAPI:
 
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         adapter = backend.resolve_model(body.model)
-        run = plan(
-            body,
-            backend.loaded.tokenizer,
-            context_length=backend.engine.context_length,
-            default_max_tokens=backend.default_max_tokens,
-        )
-        call = _Call(backend, body, run, adapter)
+        # Rendering, tokenizing and compiling a grammar are CPU work: off the event loop, so
+        # health and every other request stay responsive, and bounded in time.
+        try:
+            run, constraints = await asyncio.wait_for(
+                asyncio.to_thread(backend.prepare, body), backend.preprocess_timeout
+            )
+        except TimeoutError:
+            raise HTTPException(
+                400, f"the request took over {backend.preprocess_timeout:.0f} s to prepare"
+            ) from None
+        call = _Call(backend, body, run, constraints, adapter)
         call.submit()
         if body.stream:
             return StreamingResponse(call.stream(), media_type="text/event-stream")
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, call))
         try:
             return await call.complete()
         finally:
+            watcher.cancel()
             call.cancel()
 
     add_training_routes(app, backend, authed)
     app.post("/v1/chat/completions", dependencies=authed)(chat)
     app.post("/v1/chat/completions/", dependencies=authed, include_in_schema=False)(chat)
     return app
+
+
+async def _cancel_on_disconnect(request: Request, call: _Call) -> None:
+    """Stop decoding a non-streaming request whose client went away (its body is read, so the
+    next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    call.cancel()
 
 
 class _Call:
@@ -192,6 +245,7 @@ class _Call:
         backend: Backend,
         body: ChatCompletionRequest,
         run: Plan,
+        constraints: list[Constraint | None],
         adapter: tuple[str, str] | None,
     ) -> None:
         self.backend, self.body, self.plan = backend, body, run
@@ -205,7 +259,7 @@ class _Call:
             params = run.params
             if params.seed is not None and index:
                 params = type(params)(**{**params.__dict__, "seed": params.seed + index})
-            constraint = backend.vocab.constraint(run.grammar) if run.grammar else None
+            constraint = constraints[index]
 
             def sink(event: TokenEvent | DoneEvent, index: int = index) -> None:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
@@ -260,10 +314,13 @@ class _Call:
 
     @staticmethod
     def _raise_error(done: DoneEvent) -> None:
-        if done.finish_reason == "error":
-            raise HTTPException(
-                500, f"The server had an error while processing your request: {done.error}"
-            )
+        if done.finish_reason != "error":
+            return
+        if done.client_error:
+            raise HTTPException(400, done.error)
+        raise HTTPException(
+            500, f"The server had an error while processing your request: {done.error}"
+        )
 
     # -- non-streaming -----------------------------------------------------------------------
 
@@ -382,7 +439,12 @@ class _Call:
                     continue
                 finished += 1
                 if event.finish_reason == "error":
-                    error = {"message": event.error, "type": "server_error", "code": 500}
+                    kind, code = (
+                        ("invalid_request_error", 400)
+                        if event.client_error
+                        else ("server_error", 500)
+                    )
+                    error = {"message": event.error, "type": kind, "code": code}
                     yield f"data: {json.dumps({'error': error})}\n\n"
                     return
                 parser = parsers[i]

@@ -31,6 +31,10 @@ class QueueFullError(RuntimeError):
     """The engine's queue is full: the server answers 429 with Retry-After."""
 
 
+class SamplingError(ValueError):
+    """A row's parameters left nothing to sample: that row ends with an error, no other."""
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int
@@ -67,9 +71,17 @@ class DoneEvent:
     stop_reason: str | int | None = None
     text: str = ""  # text released at the end (what was held back)
     error: str | None = None
+    client_error: bool = False  # the request's own parameters caused the error (a 400)
 
 
 Sink = Callable[[TokenEvent | DoneEvent], None]
+
+
+def error_event(exc: Exception) -> DoneEvent:
+    """How a failed row ends: the request's own fault (a 400) or the server's."""
+    if isinstance(exc, SamplingError):
+        return DoneEvent("error", error=str(exc), client_error=True)
+    return DoneEvent("error", error=f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -136,7 +148,7 @@ class Sequence:
             engine.tokenizer, self.params.stop, self.params.include_stop_str_in_output
         )
         seed = self.params.seed if self.params.seed is not None else random.getrandbits(62)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed % 2**64)
         self.seen = torch.tensor(sorted(set(request.prompt_ids)), dtype=torch.long)
         self.counts: dict[int, int] = {}
         self.done = False
@@ -149,9 +161,12 @@ class Sequence:
             ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
             logits[ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
         if p.ignore_eos or len(self.generated) < p.min_tokens:
-            logits[self.engine.eos_ids] = float("-inf")
+            banned = self.engine.eos_ids
             if len(self.generated) < p.min_tokens and p.stop_token_ids:
-                logits[torch.tensor(p.stop_token_ids)] = float("-inf")
+                banned = torch.cat([banned, torch.tensor(p.stop_token_ids, dtype=torch.long)])
+            if self.request.constraint is None or self.request.constraint.allows_other_than(banned):
+                logits[banned] = float("-inf")
+            # else: the output constraint is complete; it ends the output despite ignore_eos
         if p.repetition_penalty != 1.0:
             seen = torch.cat([self.seen, torch.tensor(self.generated, dtype=torch.long)]).unique()
             scores = logits[seen]
@@ -164,6 +179,8 @@ class Sequence:
             logits[ids] -= p.presence_penalty + p.frequency_penalty * counts
         if self.request.constraint is not None:
             logits = self.request.constraint.apply(logits)
+        if not bool(torch.isfinite(logits).any()):
+            raise SamplingError("no token is allowed by this request's sampling parameters")
         return logits
 
     def sample(self, logits: torch.Tensor) -> int:
@@ -199,7 +216,9 @@ class Sequence:
         if self.params.top_logprobs:
             values, ids = torch.topk(raw, self.params.top_logprobs)
             top = list(zip(ids.tolist(), values.tolist(), strict=True))
-        is_eos = token in self.engine.eos_set and not self.params.ignore_eos
+        constraint = self.request.constraint
+        ended = constraint is not None and constraint.done  # a complete output ends here
+        is_eos = token in self.engine.eos_set and (not self.params.ignore_eos or ended)
         text, stop = ("", None) if is_eos else self.detok.add(token)
         self.request.sink(TokenEvent(token, text, float(raw[token]), top))
         if is_eos:
@@ -211,6 +230,11 @@ class Sequence:
         elif len(self.generated) >= self.params.max_tokens or context_left <= 0:
             self.finish("length")
         return token
+
+    def fail(self, exc: Exception) -> None:
+        if not self.done:
+            self.done = True
+            self.request.sink(error_event(exc))
 
     def finish(self, reason: str, stop_reason: str | int | None = None, flush: bool = True) -> None:
         if self.done:
@@ -367,8 +391,9 @@ class Engine:
             try:
                 self._prefill(request)
             except Exception as exc:
-                log.exception("prefill failed")
-                request.sink(DoneEvent("error", error=f"{type(exc).__name__}: {exc}"))
+                if not isinstance(exc, SamplingError):
+                    log.exception("prefill failed")
+                request.sink(error_event(exc))
 
     def _load(self, name: str, path: str) -> None:
         """Load a LoRA adapter beside the others; rows pick theirs per forward pass."""
@@ -475,7 +500,12 @@ class Engine:
         logits = out.logits[:, -1].float()
         for i, row in enumerate(batch.rows):
             context_left = self.context_length - int(batch.positions[i]) - 1
-            batch.last[i] = row.step(logits[i], context_left)
+            try:
+                batch.last[i] = row.step(logits[i], context_left)
+            except Exception as exc:  # one row's failure ends that row, never its neighbours
+                if not isinstance(exc, SamplingError):
+                    log.exception("sampling failed for one row")
+                row.fail(exc)
         alive = [i for i, row in enumerate(batch.rows) if not row.done]
         if len(alive) < len(batch.rows):
             batch.keep(alive)

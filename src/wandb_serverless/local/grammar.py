@@ -132,6 +132,12 @@ class Constraint:
             bits = torch.cat([bits, torch.zeros(size - bits.numel(), dtype=torch.bool)])
         return bits
 
+    def allows_other_than(self, banned: torch.Tensor) -> bool:
+        """Whether the grammar allows any token outside ``banned`` (e.g. EOS) right now."""
+        allowed = self.allowed(self.vocab.vocab_size)
+        allowed[banned[banned < allowed.numel()]] = False
+        return bool(allowed.any())
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.masked_fill(~self.allowed(logits.shape[-1]), float("-inf"))
 

@@ -5,6 +5,7 @@ OpenAI-shaped pieces of responses (logprobs, usage)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,28 +42,38 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI chat-completions request with vLLM's extras. Unknown keys are accepted."""
+INT64 = 2**63
+# apply_chat_template's own arguments: a request may not set them through chat_template_kwargs
+RENDERING_ARGUMENTS = {
+    "chat_template", "tokenize", "tools", "documents", "messages", "conversation", "padding",
+    "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+    "tokenizer_kwargs", "add_generation_prompt", "continue_final_message", "processor_kwargs",
+}  # fmt: skip
 
-    model_config = ConfigDict(extra="allow")
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI chat-completions request with vLLM's extras. Unknown keys are accepted; numbers
+    must be finite and within range (a NaN temperature is a 422, never a broken batch)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     messages: list[dict[str, Any]] = Field(min_length=1)
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = None
+    top_k: int | None = Field(default=None, ge=-1, lt=2**31)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
+    max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
+    max_completion_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[int] | None = None  # checked against the vocabulary in plan()
     include_stop_str_in_output: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0, lt=INT64)
     ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
@@ -99,6 +110,22 @@ class Plan:
     grammar: str | None
     tool_names: set[str]
     tool_mode: Literal["none", "auto", "forced"]
+
+
+def _template_variables(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``chat_template_kwargs`` may set template variables (``enable_thinking``...) only: no
+    template of the request's own, no tokenizing, no other rendering argument."""
+    for key, value in (kwargs or {}).items():
+        if key in RENDERING_ARGUMENTS or not key.isidentifier():
+            raise BadRequest(
+                f"chat_template_kwargs.{key} is not allowed: only template variables (such as "
+                "enable_thinking) may be set; the server renders its own chat template"
+            )
+        if not isinstance(value, bool | int | float | str | None) or (
+            isinstance(value, str) and len(value) > 256
+        ):
+            raise BadRequest(f"chat_template_kwargs.{key} must be a short scalar value")
+    return dict(kwargs or {})
 
 
 def _unsupported(request: ChatCompletionRequest) -> None:
@@ -139,43 +166,79 @@ def _tool_mode(request: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]
     raise BadRequest(f"tool_choice {choice!r} is not one of none, auto, required, or a named tool")
 
 
+_STRUCTURED_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "json": ((dict, str), "a JSON schema (an object or its JSON text)"),
+    "json_object": ((bool,), "true or false"),
+    "regex": ((str,), "a string"),
+    "choice": ((list,), "a non-empty list of strings"),
+    "grammar": ((str,), "a string (Lark, GBNF or EBNF)"),
+}
+
+
+def _schema(value: Any, where: str) -> dict[str, Any]:
+    try:
+        schema = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        raise BadRequest(f"{where} is not valid JSON") from None
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{where} must be a JSON schema object")
+    return schema
+
+
+def _response_format(fmt: dict[str, Any]) -> Callable[[], str]:
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return grammar.json_object_grammar
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise BadRequest("response_format.json_schema must be an object with a 'schema'")
+        schema = _schema(
+            spec.get("schema", spec.get("json_schema")), "response_format.json_schema.schema"
+        )
+        return lambda: grammar.json_schema_grammar(schema)
+    raise BadRequest(f"response_format type {kind!r} is not supported (use json_schema)")
+
+
+def _structured_output(key: str, value: Any) -> Callable[[], str]:
+    expected, described = _STRUCTURED_TYPES[key]
+    if not isinstance(value, expected):
+        raise BadRequest(f"structured_outputs.{key} must be {described}")
+    if key == "json":
+        schema = _schema(value, "structured_outputs.json")
+        return lambda: grammar.json_schema_grammar(schema)
+    builders = {
+        "json_object": grammar.json_object_grammar,
+        "regex": lambda: grammar.regex_grammar(value),
+        "choice": lambda: grammar.choice_grammar(value),
+        "grammar": lambda: grammar.lark_grammar(value),
+    }
+    return builders[key]
+
+
 def _structured_grammar(request: ChatCompletionRequest) -> str | None:
-    sources: list[str] = []
-    result: str | None = None
+    """The one output constraint a request asks for, compiled; any fault in it is a 400."""
+    builders: dict[str, Callable[[], str]] = {}
     fmt = request.response_format
     if fmt and fmt.get("type") not in (None, "text"):
-        sources.append("response_format")
-        kind = fmt.get("type")
-        if kind == "json_object":
-            result = grammar.json_object_grammar()
-        elif kind == "json_schema":
-            spec = fmt.get("json_schema") or {}
-            schema = spec.get("schema", spec.get("json_schema"))
-            if not isinstance(schema, dict):
-                raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
-            result = grammar.json_schema_grammar(schema)
-        else:
-            raise BadRequest(f"response_format type {kind!r} is not supported (use json_schema)")
+        builders["response_format"] = _response_format(fmt)
     so = {k: v for k, v in (request.structured_outputs or {}).items() if v not in (None, False)}
-    unknown = set(so) - {"json", "regex", "choice", "grammar", "json_object"}
+    unknown = set(so) - set(_STRUCTURED_TYPES)
     if unknown:
         raise BadRequest(f"structured_outputs.{sorted(unknown)[0]} is not supported")
     for key, value in so.items():
-        sources.append(f"structured_outputs.{key}")
-        if key == "json":
-            schema = json.loads(value) if isinstance(value, str) else value
-            result = grammar.json_schema_grammar(schema)
-        elif key == "json_object":
-            result = grammar.json_object_grammar()
-        elif key == "regex":
-            result = grammar.regex_grammar(value)
-        elif key == "choice":
-            result = grammar.choice_grammar(value)
-        elif key == "grammar":
-            result = grammar.lark_grammar(value)
-    if len(sources) > 1:
-        raise BadRequest(f"only one output constraint per request; got {', '.join(sources)}")
-    return result
+        builders[f"structured_outputs.{key}"] = _structured_output(key, value)
+    if len(builders) > 1:
+        raise BadRequest(f"only one output constraint per request; got {', '.join(builders)}")
+    if not builders:
+        return None
+    ((source, build),) = builders.items()
+    try:
+        return build()
+    except grammar.GrammarError:
+        raise
+    except Exception as exc:  # the grammar library's own errors name what is wrong
+        raise grammar.GrammarError(f"{source}: {exc}") from None
 
 
 def render_prompt(tokenizer: Any, request: ChatCompletionRequest, tools: list[dict]) -> str:
@@ -185,21 +248,26 @@ def render_prompt(tokenizer: Any, request: ChatCompletionRequest, tools: list[di
         raise BadRequest(f"invalid message: {exc}") from None
     if request.continue_final_message and request.add_generation_prompt:
         raise BadRequest("continue_final_message and add_generation_prompt cannot both be true")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         tokenize=False,
         add_generation_prompt=request.add_generation_prompt,
         continue_final_message=request.continue_final_message,
-        **(request.chat_template_kwargs or {}),
+        **_template_variables(request.chat_template_kwargs),
     )
     try:
-        return tokenizer.apply_chat_template(messages, **kwargs)
+        rendered = tokenizer.apply_chat_template(messages, **kwargs)
     except Exception as first:
         # Strict templates reject repeated roles: merge consecutive same-role turns and retry.
         merged = _merge_same_roles(messages)
         try:
-            return tokenizer.apply_chat_template(merged, **kwargs)
+            rendered = tokenizer.apply_chat_template(merged, **kwargs)
         except Exception:
             raise BadRequest(f"the chat template rejected the messages: {first}") from None
+    try:
+        rendered.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the messages contain text that is not valid Unicode") from None
+    return rendered
 
 
 def _merge_same_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -215,12 +283,34 @@ def _merge_same_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return merged
 
 
+def _token_ids(values: list[int], vocab_size: int, what: str) -> list[int]:
+    for value in values:
+        if not 0 <= value < vocab_size:
+            raise BadRequest(f"{what}: {value} is not a token id (0..{vocab_size - 1})")
+    return values
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise BadRequest("logit_bias keys must be token ids") from None
+        _token_ids([token], vocab_size, "logit_bias")
+        if not -100 <= value <= 100:
+            raise BadRequest(f"logit_bias[{key}] must be between -100 and 100")
+        out[token] = value
+    return out
+
+
 def plan(
     request: ChatCompletionRequest,
     tokenizer: Any,
     *,
     context_length: int,
     default_max_tokens: int,
+    vocab_size: int,
 ) -> Plan:
     """Validate a request and turn it into prompt ids, sampling parameters and a grammar."""
     _unsupported(request)
@@ -244,10 +334,7 @@ def plan(
     top = request.top_logprobs or 0
     if top and not request.logprobs:
         raise BadRequest("top_logprobs requires logprobs: true")
-    try:
-        bias = {int(k): float(v) for k, v in (request.logit_bias or {}).items()}
-    except ValueError:
-        raise BadRequest("logit_bias keys must be token ids") from None
+    bias = _logit_bias(request.logit_bias, vocab_size)
     params = SamplingParams(
         max_tokens=limit or min(default_max_tokens, room),
         temperature=1.0 if request.temperature is None else request.temperature,
@@ -260,7 +347,7 @@ def plan(
         logit_bias=bias,
         seed=request.seed,
         stop=stop,
-        stop_token_ids=list(request.stop_token_ids or []),
+        stop_token_ids=_token_ids(list(request.stop_token_ids or []), vocab_size, "stop_token_ids"),
         include_stop_str_in_output=request.include_stop_str_in_output,
         min_tokens=request.min_tokens,
         ignore_eos=request.ignore_eos,

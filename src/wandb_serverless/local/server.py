@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from wandb_serverless.config import Settings
+from wandb_serverless.local.guard import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 ENV_DATA_DIR = "WANDB_SERVERLESS_DATA_DIR"
@@ -39,8 +40,15 @@ def build_app(
     max_queue: int = 256,
     default_max_tokens: int = 512,
     entity: str = "local",
+    docs: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    sft_data_dir: Path | None = None,
 ) -> Any:
-    """Load the model, start its engine, and return the FastAPI app serving them."""
+    """Load the model, start its engine, and return the FastAPI app serving them.
+
+    ``sft_data_dir``: the one directory outside the artifact store that SFT jobs may read
+    ``file://`` datasets from (none by default). ``docs``: serve /docs and /openapi.json.
+    """
     from wandb_serverless.local import loader
     from wandb_serverless.local.app import Backend, create_app
     from wandb_serverless.local.engine import Engine
@@ -54,7 +62,7 @@ def build_app(
         loaded.model, loaded.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue
     )
     state = State(data_dir)
-    worker = TrainingWorker(state, loaded.path, loaded.tokenizer)
+    worker = TrainingWorker(state, loaded.path, loaded.tokenizer, sft_data_dir=sft_data_dir)
     backend = Backend(
         loaded,
         engine,
@@ -64,7 +72,7 @@ def build_app(
         default_max_tokens=default_max_tokens,
         default_entity=entity,
     )
-    return create_app(backend)
+    return create_app(backend, docs=docs, max_body_bytes=max_body_bytes)
 
 
 class LocalBackend:
@@ -122,7 +130,7 @@ class LocalBackend:
 
     def settings(self) -> Settings:
         """Settings that point every endpoint at this server."""
-        return Settings.resolve(api_key=self._api_key, base_url=self.base_url)
+        return Settings.resolve(api_key=self._api_key, base_url=self.base_url, local=True)
 
     def client(self, **kwargs: Any) -> Any:
         from wandb_serverless.api import Client

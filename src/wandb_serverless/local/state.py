@@ -4,6 +4,7 @@ SQLite (WAL) under the data directory, adapters and datasets as files beside it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -92,6 +93,10 @@ class State:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+
+    def inside(self, base: Path, *parts: str) -> Path:
+        """``base/parts...`` if it resolves inside the data dir (:func:`inside`)."""
+        return inside(base, base.joinpath(*parts), root=self.data_dir)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -280,6 +285,21 @@ class State:
             self.add_event(job_id, "training_failed", {"error_message": RESTART_MESSAGE})
             self.set_job_status(job_id, "failed")
         return running
+
+
+class PathOutsideError(ValueError):
+    """A path that would leave the directory it must stay in."""
+
+
+def inside(base: Path, path: Path, *, root: Path | None = None) -> Path:
+    """``path`` if, with every symlink resolved, it lies inside ``base`` (and ``root``); else
+    PathOutsideError. Defence in depth: names are checked at the API, and this catches ``..``,
+    absolute parts, backslashes and symlinks that lead out."""
+    resolved = Path(os.path.realpath(path))
+    for limit in (base, root or base):
+        if not resolved.is_relative_to(os.path.realpath(limit)):
+            raise PathOutsideError(f"{path.name!r} is outside the directory it must stay in")
+    return resolved
 
 
 def page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:

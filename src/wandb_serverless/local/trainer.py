@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from wandb_serverless.local.state import JobRow, State
+from wandb_serverless.local.state import JobRow, PathOutsideError, State, inside
 from wandb_serverless.local.tools import prepare_messages
 from wandb_serverless.models import ArtifactRef
 from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup, choice_to_message
@@ -45,6 +45,10 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 DEFAULT_RL_LR = 5e-4  # LoRA on a 135M model (rl_probe.md); hosted W&B's defaults differ
 DEFAULT_SFT_LR = 5e-4
 DEFAULT_SFT_BATCH = 4
+SFT_CONFIG_KEYS = {"batch_size", "learning_rate", "assistant_turns", "metric_logging"}
+OPTIMIZER_FILE = "optimizer.pt"
+#: "1": a fresh AdamW per RL job, the recipe before optimizer state was kept (for comparisons)
+RESET_OPTIMIZER = "WANDB_SERVERLESS_RESET_OPTIMIZER"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 
@@ -86,13 +90,15 @@ class Tokenization:
         return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.eos]
 
     def assistant_spans(
-        self, messages: list[dict], tools: list[dict] | None
+        self, messages: list[dict], tools: list[dict] | None, turns: str = "all"
     ) -> tuple[list[int], list[bool]]:
-        """The whole conversation's ids and a mask that is True on assistant tokens."""
+        """The whole conversation's ids and a mask that is True on assistant tokens (of every
+        assistant turn, or with ``turns="last"`` only the last one's)."""
         ids: list[int] = []
         mask: list[bool] = []
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or (turns == "last" and i != last):
                 continue
             prompt = self.render(messages[:i], tools, True)
             full = prompt + self.completion_ids(message)
@@ -164,20 +170,31 @@ def _trajectory_samples(
                     )
                 context.append(item)
                 continue
-            message = choice_to_message(item)
             if item.logprobs is not None or without_logprobs:
-                prompt_ids, token_ids, logprobs = _choice_tokens(item)
-                if prompt_ids is None:
-                    prompt_ids = tok.render(context, history.tools, True)
-                if token_ids is None:
-                    token_ids = tok.completion_ids(message)
-                if logprobs is not None and len(logprobs) != len(token_ids):
-                    logprobs = None
-                samples.append(
-                    Sample(list(prompt_ids) + list(token_ids), len(prompt_ids), advantage, logprobs)
-                )
-            context.append(message)
+                samples.append(_choice_sample(item, context, history.tools, advantage, tok))
+            context.append(choice_to_message(item))
+    for exchange in trajectory.exchanges.chat_completions if trajectory.exchanges else []:
+        messages = exchange.request.get("messages") or []
+        tools = exchange.request.get("tools")
+        for choice in exchange.choices():
+            if choice.logprobs is not None or without_logprobs:
+                samples.append(_choice_sample(choice, messages, tools, advantage, tok))
     return samples
+
+
+def _choice_sample(
+    choice: Any, context: list[dict], tools: list[dict] | None, advantage: float, tok: Tokenization
+) -> Sample:
+    """One model turn: the recorded prompt and completion ids when present (no retokenising
+    drift), else the chat template's; the recorded logprobs when they match the tokens."""
+    prompt_ids, token_ids, logprobs = _choice_tokens(choice)
+    if prompt_ids is None:
+        prompt_ids = tok.render(context, tools, True)
+    if token_ids is None:
+        token_ids = tok.completion_ids(choice_to_message(choice))
+    if logprobs is not None and len(logprobs) != len(token_ids):
+        logprobs = None
+    return Sample(list(prompt_ids) + list(token_ids), len(prompt_ids), advantage, logprobs)
 
 
 def _adamw(model: Any, lr: float) -> torch.optim.Optimizer:
@@ -286,31 +303,41 @@ def validate_row(row: Any, number: int) -> dict[str, Any]:
     return row
 
 
-def resolve_dataset(url: str, state: State) -> Path:
-    """A ``wandb-artifact:///`` dataset in the local artifact store, or a ``file://`` path."""
+def resolve_dataset(url: str, state: State, sft_data_dir: Path | None = None) -> Path:
+    """A ``wandb-artifact:///`` dataset in the local artifact store, or a ``file://`` path
+    inside ``sft_data_dir`` (the server's explicit opt-in; refused without one)."""
     if url.startswith("file://"):
-        path = Path(url[len("file://") :])
-    else:
-        try:
-            ref = ArtifactRef.parse(url)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        base = state.artifacts_dir / ref.entity / ref.project / ref.name
-        alias = ref.alias or "latest"
-        if alias == "latest" and base.is_dir():
-            versions = sorted(
-                (p for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)),
-                key=lambda p: int(p.name[1:]),
+        if sft_data_dir is None:
+            raise TrainingError(
+                "file:// datasets are refused (start the server with --sft-data-dir)"
             )
-            alias = versions[-1].name if versions else alias
-        path = base / alias
-    if path.is_dir():
-        for name in ("train.jsonl", "trajectories.jsonl"):
-            if (path / name).is_file():
-                return path / name
-    if path.is_file():
-        return path
+        try:
+            return inside(sft_data_dir, Path(url[len("file://") :]))
+        except PathOutsideError:
+            raise TrainingError(_unreadable(url)) from None
+    try:
+        ref = ArtifactRef.parse(url)
+        base = state.inside(state.artifacts_dir, ref.entity, ref.project, ref.name)
+    except (ValueError, PathOutsideError) as exc:
+        raise TrainingError(str(exc)) from None
+    alias = ref.alias or "latest"
+    if alias == "latest" and base.is_dir():
+        versions = sorted(
+            (p for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)),
+            key=lambda p: int(p.name[1:]),
+        )
+        alias = versions[-1].name if versions else alias
+    path = state.inside(base, alias)
+    for name in ("train.jsonl", "trajectories.jsonl"):
+        if (path / name).is_file():
+            return path / name
     raise TrainingError(f"training data {url!r} was not found in the local artifact store")
+
+
+def _unreadable(url: str) -> str:
+    # one text for missing, unreadable and invalid data outside the store: an error must not
+    # tell a caller whether some path exists
+    return f"training data {url!r} could not be used: it must be a readable, valid train.jsonl"
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -344,13 +371,18 @@ class TrainingWorker:
         base_path: Path,
         tokenizer: Any,
         on_checkpoint: Callable[[str, int], None] | None = None,
+        *,
+        sft_data_dir: Path | None = None,
     ) -> None:
         self.state = state
+        self.sft_data_dir = sft_data_dir
         self.base_path = base_path
         self.tok = Tokenization(tokenizer)
         self.on_checkpoint = on_checkpoint
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # the last RL policy and its optimizer per model, keyed by the step they produced
+        self._live: dict[str, tuple[int, Any, torch.optim.Optimizer]] = {}
         self.state.fail_interrupted_jobs()
         self._thread = threading.Thread(
             target=self._run, name="wandb-serverless-trainer", daemon=True
@@ -404,18 +436,55 @@ class TrainingWorker:
         model.eval()  # no dropout: the learner is the sampler
         return model
 
-    def _save(self, job: JobRow, model: Any) -> int:
-        """Write the adapter atomically, then list the checkpoint (before training_ended)."""
-        step = self.state.latest_step(job.model_id) + 1
+    def _rl_policy(self, model_id: str, lr: float) -> tuple[Any, torch.optim.Optimizer]:
+        """The policy and its AdamW, continuing from the latest checkpoint's optimizer state.
+
+        A fresh AdamW per job would make every RL step a sign-gradient step of size ``lr`` on
+        every LoRA weight (Adam's first update is ``lr * g / |g|``): that overshoots, and was
+        the demo's collapse after its peak. The moments live beside the latest adapter
+        (``optimizer.pt``) and in memory between jobs.
+        """
+        latest = self.state.checkpoint(model_id, None)
+        step = latest.step if latest else 0
+        cached = self._live.get(model_id)
+        if os.environ.get(RESET_OPTIMIZER) == "1":  # the old recipe, for bench/bench_learning.py
+            model = self._policy(model_id)
+            optimizer = _adamw(model, lr)
+        elif cached is not None and cached[0] == step:
+            _, model, optimizer = cached
+        else:
+            model = self._policy(model_id)
+            optimizer = _adamw(model, lr)
+            saved = Path(latest.path) / OPTIMIZER_FILE if latest else None
+            if saved is not None and saved.is_file():
+                optimizer.load_state_dict(torch.load(saved, weights_only=True))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        return model, optimizer
+
+    def _save(self, job: JobRow, model: Any, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Write the adapter (and the optimizer state, RL only) atomically, then list the
+        checkpoint (before training_ended). Only the latest checkpoint keeps its optimizer."""
+        previous = self.state.checkpoint(job.model_id, None)
+        step = (previous.step if previous else 0) + 1
         target = self.state.adapters_dir / job.model_id / f"step{step}"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
         try:
             model.save_pretrained(tmp)
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.state.add_checkpoint(job.model_id, step, target)
+        if previous is not None:
+            (Path(previous.path) / OPTIMIZER_FILE).unlink(missing_ok=True)
+        if optimizer is not None:
+            self._live[job.model_id] = (step, model, optimizer)
+        else:
+            self._live.pop(job.model_id, None)
         if self.on_checkpoint:
             self.on_checkpoint(job.model_id, step)
         return step
@@ -429,8 +498,8 @@ class TrainingWorker:
         samples, stats = rl_samples(groups, self.tok, config)
         self.state.add_event(job.id, "training_started", {"num_sequences": 1})
         started = time.monotonic()
-        model = self._policy(job.model_id)
         lr = float(config.get("learning_rate") or DEFAULT_RL_LR)
+        model, optimizer = self._rl_policy(job.model_id, lr)
         metrics: dict[str, float] = {**stats, "learning_rate": lr, "num_trainable_tokens": 0.0}
         if not samples:
             if stats["num_groups_trainable"] == 0:
@@ -441,21 +510,20 @@ class TrainingWorker:
                     "(or set allow_training_without_logprobs)"
                 )
         else:
-            metrics.update(self._rl_step(model, samples, config, lr))
+            metrics.update(self._rl_step(model, optimizer, samples, config))
         metrics["tokens_per_second"] = metrics["num_trainable_tokens"] / max(
             1e-9, time.monotonic() - started
         )
         self.state.add_event(job.id, "gradient_step", metrics)
-        return self._save(job, model)
+        return self._save(job, model, optimizer)
 
     @staticmethod
     def _rl_step(
-        model: Any, samples: list[Sample], config: dict[str, Any], lr: float
+        model: Any, optimizer: torch.optim.Optimizer, samples: list[Sample], config: dict[str, Any]
     ) -> dict[str, float]:
         loss_fn = config.get("loss_fn") or ("cispo" if config.get("ppo") is False else "ppo")
         low = float(config.get("epsilon") or 0.2)
         high = float(config.get("epsilon_high") or low)
-        optimizer = _adamw(model, lr)
         total_tokens = sum(len(s.ids) - s.start for s in samples)
         loss_sum, clipped, ratio_sum = 0.0, 0.0, 0.0
         for batch in batches_by_prompt(samples):
@@ -495,7 +563,16 @@ class TrainingWorker:
         request = job.request
         config = request.get("config") or {}
         epochs = int((request.get("experimental_config") or {}).get("num_epochs", 1))
-        rows = read_rows(resolve_dataset(request["training_data_url"], self.state)) * max(1, epochs)
+        url = request["training_data_url"]
+        path = resolve_dataset(url, self.state, self.sft_data_dir)
+        if url.startswith("file://"):
+            try:
+                rows = read_rows(path)
+            except (OSError, TrainingError, ValueError):
+                raise TrainingError(_unreadable(url)) from None
+        else:
+            rows = read_rows(path)
+        rows *= max(1, epochs)
         batch_size = config.get("batch_size")
         batch_size = DEFAULT_SFT_BATCH if batch_size in (None, "auto") else int(batch_size)
         batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
@@ -507,8 +584,17 @@ class TrainingWorker:
                 )
         else:
             rates = [float(rates or DEFAULT_SFT_LR)] * len(batches)
-        encoded = [self.tok.assistant_spans(row["messages"], row.get("tools")) for row in rows]
-        self.state.add_event(job.id, "training_started", {"num_sequences": len(batches)})
+        turns = config.get("assistant_turns") or "all"
+        if turns not in ("all", "last"):
+            raise TrainingError(f"assistant_turns must be 'all' or 'last', not {turns!r}")
+        encoded = [
+            self.tok.assistant_spans(row["messages"], row.get("tools"), turns) for row in rows
+        ]
+        started: dict[str, Any] = {"num_sequences": len(batches)}
+        ignored = sorted(set(config) - SFT_CONFIG_KEYS)
+        if ignored:  # accepted (newer clients send more), never silently
+            started["ignored_config_keys"] = ignored
+        self.state.add_event(job.id, "training_started", started)
         model = self._policy(job.model_id)
         optimizer = _adamw(model, rates[0])
         for index, batch in enumerate(batches):
