@@ -21,6 +21,40 @@ ENV_TRAINING_BASE_URL = "WANDB_TRAINING_BASE_URL"
 ENV_INFERENCE_BASE_URL = "WANDB_INFERENCE_BASE_URL"
 
 
+#: "1": the endpoints are a wandb-serverless local backend (LocalBackend says so itself); "0":
+#: they are W&B's (or a proxy to them), even on a loopback address.
+ENV_LOCAL = "WANDB_SERVERLESS_LOCAL"
+
+
+class MissingEntityError(ValueError):
+    """W&B needs ``entity/project``; only a bare project was configured and no entity found."""
+
+    def __init__(self, project: str, why: str) -> None:
+        super().__init__(
+            f"W&B needs the project as 'entity/project', but only {project!r} was given and "
+            f"the key's default entity could not be found ({why}): pass project='team/"
+            f"{project}', entity='team', or set {ENV_ENTITY}."
+        )
+
+
+_DEFAULT_ENTITIES: dict[str, str] = {}  # sha256(key) -> the key's default entity
+
+
+def default_entity(api_key: str) -> str:
+    """The key's default W&B entity, asked once per key through the ``wandb`` SDK."""
+    import hashlib
+
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    if digest not in _DEFAULT_ENTITIES:
+        import wandb
+
+        entity = wandb.Api(api_key=api_key).default_entity
+        if not entity:
+            raise LookupError("the W&B API returned no default entity")
+        _DEFAULT_ENTITIES[digest] = entity
+    return _DEFAULT_ENTITIES[digest]
+
+
 class MissingAPIKeyError(ValueError):
     """Raised when no API key was given and WANDB_API_KEY is unset."""
 
@@ -46,6 +80,10 @@ class Settings(BaseModel):
     project: str | None = None
     training_base_url: str = DEFAULT_TRAINING_BASE_URL
     inference_base_url: str = DEFAULT_INFERENCE_BASE_URL
+    local: bool | None = None
+    """The endpoints are a wandb-serverless local backend (True), W&B or a proxy to it (False),
+    or unknown (None: a loopback URL counts as local for the project header, and the trainer
+    asks the server's ``/v1/system-check``). ``WANDB_SERVERLESS_LOCAL=1|0`` sets it."""
 
     @classmethod
     def resolve(
@@ -57,6 +95,7 @@ class Settings(BaseModel):
         base_url: str | None = None,
         training_base_url: str | None = None,
         inference_base_url: str | None = None,
+        local: bool | None = None,
     ) -> Settings:
         """Build settings from arguments, falling back to the environment, then defaults.
 
@@ -80,6 +119,7 @@ class Settings(BaseModel):
             project=project,
             training_base_url=_strip(training or DEFAULT_TRAINING_BASE_URL),
             inference_base_url=_strip(inference or DEFAULT_INFERENCE_BASE_URL),
+            local=local if local is not None else _flag(_env(ENV_LOCAL)),
         )
 
     def require_api_key(self) -> str:
@@ -89,11 +129,43 @@ class Settings(BaseModel):
         return self.api_key.get_secret_value()
 
     @property
-    def openai_project(self) -> str | None:
-        """The ``OpenAI-Project`` header W&B Inference reads: ``entity/project``."""
+    def project_path(self) -> str | None:
+        """``entity/project`` when the entity is known, else the bare project (no look-up)."""
         if not self.project:
             return None
         return f"{self.entity}/{self.project}" if self.entity else self.project
+
+    @property
+    def openai_project(self) -> str | None:
+        """The ``OpenAI-Project`` header W&B Inference reads: always ``entity/project`` (a bare
+        project is a 401 there). Without an entity, the key's default entity is asked once;
+        if that fails, :class:`MissingEntityError` is raised before anything is sent. A local
+        backend (``local``, or any loopback URL) takes the bare project."""
+        local = self.local if self.local is not None else _loopback(self.inference_base_url)
+        if not self.project or self.entity or local:
+            return self.project_path
+        key = self.require_api_key()
+        try:
+            return f"{default_entity(key)}/{self.project}"
+        except ImportError:
+            why = "the wandb SDK is not installed: pip install wandb"
+            raise MissingEntityError(self.project, why) from None
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:200]}".replace(key, "***")
+            raise MissingEntityError(self.project, why) from None
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.lower() in ("1", "true", "yes")
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _strip(url: str) -> str:

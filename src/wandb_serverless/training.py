@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,6 @@ from tqdm.auto import tqdm
 
 from wandb_serverless.api import Client
 from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
-from wandb_serverless.config import DEFAULT_TRAINING_BASE_URL
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import sft_row
 from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
@@ -67,6 +67,7 @@ class TrainableModel:
     ) -> None:
         self.name, self.project, self.base_model = name, project, base_model
         self.client = client or Client(entity=entity, project=project)
+        entity = entity or self.client.settings.entity  # WANDB_ENTITY
         created = self.client.models.create(
             project=project, name=name, base_model=base_model, entity=entity, return_existing=True
         )
@@ -79,7 +80,11 @@ class TrainableModel:
 
     @property
     def ref(self) -> str:
-        """``wandb-artifact:///entity/project/name:latest``: always the newest checkpoint."""
+        """``wandb-artifact:///entity/project/name:latest`` (always the newest checkpoint) once
+        there is one; the base model before that (W&B has no ``:latest`` yet). A chat model
+        built from ``ref`` after the first step follows every later one."""
+        if self.latest_step() == 0:
+            return self.base_model
         return str(CheckpointRef.of(self.entity, self.project, self.name))
 
     def ref_at(self, step: int) -> str:
@@ -91,7 +96,10 @@ class TrainableModel:
 
     @property
     def hosted(self) -> bool:
-        return self.client.base_url == DEFAULT_TRAINING_BASE_URL
+        """Whether the service is W&B's (datasets go to W&B artifacts, metrics to a W&B run)
+        rather than a local backend: a setting (``Settings.local``), or the server's own word
+        in ``/v1/system-check``, never a comparison of URLs (proxies and custom hosts exist)."""
+        return not self.client.is_local()
 
     # -- training ----------------------------------------------------------------------------
 
@@ -127,7 +135,8 @@ class TrainableModel:
         dataset_name: str | None = None,
     ) -> TrainResult:
         """SFT on trajectories, train.jsonl rows, a train.jsonl path, or an artifact URL."""
-        url = self._publish(data, dataset_name or f"{self.name}-sft-data")
+        # a fresh name per upload, as ART does: two trainers must not race on one artifact
+        url = self._publish(data, dataset_name or f"{self.name}-sft-data-{uuid.uuid4().hex[:8]}")
         job = self.client.training_jobs.create_sft(
             model_id=self.id, training_data_url=url, config=config
         )
@@ -162,6 +171,7 @@ class TrainableModel:
                 project=self.project,
                 id=self.run_id or self.name,
                 resume="allow",
+                settings=wandb.Settings(api_key=self.client.settings.require_api_key()),
             )
             artifact = wandb.Artifact(
                 name, type="dataset", metadata={"format": "jsonl", "num_rows": len(rows)}
@@ -192,7 +202,7 @@ class TrainableModel:
             handle.write(
                 json.dumps({"time": time.time(), "step": step, "kind": kind, **metrics}) + "\n"
             )
-        if self.hosted:  # pragma: no cover - needs W&B
+        if self.hosted:
             import wandb
 
             run = wandb.run or wandb.init(
@@ -200,6 +210,7 @@ class TrainableModel:
                 project=self.project,
                 id=self.run_id or self.name,
                 resume="allow",
+                settings=wandb.Settings(api_key=self.client.settings.require_api_key()),
             )
             run.log(metrics, step=step)
 

@@ -114,6 +114,20 @@ def test_rollout_context_collects_reward_metrics_logs_and_exceptions(tmp_path):
     assert store.groups()[0].exceptions[0]["type"] == "ValueError"
 
 
+def test_a_failed_rollout_goes_to_its_groups_exceptions_only(tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+    for reward in (1.0, 0.0):
+        with rollout(group="g", store=store) as run:
+            run.add_call(LLMCall([USER], None, turn("hi")))
+            run.reward = reward
+    with pytest.raises(RuntimeError), rollout(group="g", store=store) as run:
+        run.add_call(LLMCall([USER], None, turn("hi")))
+        raise RuntimeError("tool crashed")
+    (group,) = store.groups()
+    assert group.rewards == [1.0, 0.0]  # not [1.0, 0.0, 0.0]: the failure would skew advantages
+    assert [e["type"] for e in group.exceptions] == ["RuntimeError"]
+
+
 def test_a_malformed_model_turn_is_dropped_and_the_rest_is_saved(tmp_path):
     from wandb_serverless.rollouts.recorder import RECORDING_GUARD
 

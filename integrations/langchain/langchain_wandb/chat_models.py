@@ -46,7 +46,6 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from langchain_core.utils.utils import build_extra_kwargs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from wandb_serverless import chat as protocol
@@ -291,7 +290,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     extra_body: dict[str, Any] | None = None
     """Extra JSON fields merged into the request body (the escape hatch for new vLLM params)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra top-level ``create()`` arguments; unknown constructor kwargs land here."""
+    """Extra top-level request fields (an unknown constructor argument is an error)."""
 
     _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -301,8 +300,18 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         if not isinstance(values, dict):
             return values
         names = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
-        extra = values.get("model_kwargs", {})
-        values["model_kwargs"] = build_extra_kwargs(extra, values, names)
+        names |= {"api_base", "openai_api_base"}  # base_url's other names
+        unknown = sorted(set(values) - names)
+        if unknown:  # a typo must not be sent to the server, or dropped, without a word
+            # TypeError, as Python's own: pydantic would wrap a ValueError with every input
+            # (the API key included) in its message
+            raise TypeError(
+                f"ChatWandb got unknown argument(s) {unknown}; request fields go in "
+                "model_kwargs={...} (top level) or extra_body={...}"
+            )
+        for alias in ("api_base", "openai_api_base"):
+            if alias in values:
+                values.setdefault("base_url", values.pop(alias))
         return values
 
     # -- LangChain plumbing ------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The HTTP core shared by Client and AsyncClient: auth headers, retries, error mapping.
 
-Retry policy: GET and DELETE retry on 408/429/5xx and connection errors with exponential
-backoff and jitter, honouring ``Retry-After``, at most ``max_retries`` times. A POST is retried
-only when the connection failed before anything was sent: a job must never be created twice.
+Retry policy: GET and DELETE retry on 408/429/5xx (502 and Cloudflare's 524 included) and
+connection errors with exponential backoff and jitter, honouring ``Retry-After``, at most
+``max_retries`` times. A POST is retried only when the connection failed before anything was
+sent (a job must never be created twice), or when it is idempotent: model registration with
+``return_existing``.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ class RetryPolicy:
         backoff = min(MAX_BACKOFF_S, self.initial_backoff_s * 2**attempt)
         return backoff * (0.5 + 0.5 * self.rng.random())
 
-    def should_retry(self, method: str, attempt: int, *, status: int | None, sent: bool) -> bool:
+    def should_retry(
+        self, method: str, attempt: int, *, status: int | None, sent: bool, idempotent: bool = False
+    ) -> bool:
         if attempt >= self.max_retries:
             return False
         if not sent:  # connection never established: nothing reached the server
             return True
-        if method not in IDEMPOTENT_METHODS:
+        if method not in IDEMPOTENT_METHODS and not idempotent:
             return False
         return status is None or status in RETRY_STATUSES
 
@@ -115,8 +119,9 @@ def _redact(error: Exception, secret: str) -> Exception:
 class _Retrying:
     """Decides, try after try, between returning a response, raising, or sleeping."""
 
-    def __init__(self, policy: RetryPolicy, method: str, secret: str) -> None:
+    def __init__(self, policy: RetryPolicy, method: str, secret: str, idempotent: bool) -> None:
         self.policy, self.method, self.secret, self.attempt = policy, method, secret, 0
+        self.idempotent = idempotent
 
     def handle(
         self, response: httpx.Response | None, exc: httpx.HTTPError | None
@@ -126,7 +131,11 @@ class _Retrying:
             assert outcome.response is not None
             return outcome.response
         if not self.policy.should_retry(
-            self.method, self.attempt, status=outcome.status, sent=outcome.sent
+            self.method,
+            self.attempt,
+            status=outcome.status,
+            sent=outcome.sent,
+            idempotent=self.idempotent,
         ):
             raise _redact(outcome.error, self.secret)
         delay = self.policy.delay(self.attempt, outcome.retry_after)
@@ -138,8 +147,12 @@ class SyncHTTP:
     def __init__(self, client: httpx.Client, policy: RetryPolicy, secret: str = "") -> None:
         self.client, self.policy, self.secret = client, policy, secret
 
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        retrying = _Retrying(self.policy, method, self.secret)
+    def request(
+        self, method: str, url: str, *, idempotent: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """``idempotent``: a POST that is safe to repeat (model registration with
+        ``return_existing``) retries like a GET."""
+        retrying = _Retrying(self.policy, method, self.secret, idempotent)
         while True:
             try:
                 result = retrying.handle(self.client.request(method, url, **kwargs), None)
@@ -154,8 +167,10 @@ class AsyncHTTP:
     def __init__(self, client: httpx.AsyncClient, policy: RetryPolicy, secret: str = "") -> None:
         self.client, self.policy, self.secret = client, policy, secret
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        retrying = _Retrying(self.policy, method, self.secret)
+    async def request(
+        self, method: str, url: str, *, idempotent: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        retrying = _Retrying(self.policy, method, self.secret, idempotent)
         while True:
             try:
                 result = retrying.handle(await self.client.request(method, url, **kwargs), None)

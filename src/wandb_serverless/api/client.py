@@ -51,6 +51,11 @@ from wandb_serverless.rollouts.trajectory import TrajectoryGroup
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_TIMEOUT_S = 60.0
+#: Creating a model or a job can take minutes on W&B (over 100 s seen; ART's users report
+#: 524s): the openai SDK's default timeout, not the 60 s of the other calls.
+CREATE_TIMEOUT_S = 600.0
+#: What a local backend calls itself in ``/v1/system-check``.
+LOCAL_BACKEND = "wandb-serverless-local"
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -70,12 +75,13 @@ def openai_client(
     ambient OPENAI_* variables; W&B's ``entity/project`` goes in the ``OpenAI-Project`` header.
     """
     cls = openai.AsyncOpenAI if async_client else openai.OpenAI
+    project = settings.openai_project  # raises MissingEntityError before anything is sent
     headers = {"User-Agent": user_agent(), **(default_headers or {})}
     client = cls(
         api_key=settings.require_api_key(),
         base_url=base_url or settings.inference_base_url,
         organization=None,
-        project=settings.openai_project,
+        project=project,
         timeout=timeout,
         max_retries=max_retries,
         default_headers=headers,
@@ -84,7 +90,7 @@ def openai_client(
     # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_CUSTOM_HEADERS when
     # they are None; W&B requests must carry only what the user configured for W&B.
     client.organization = None
-    client.project = settings.openai_project
+    client.project = project
     client._custom_headers = dict(headers)
     return client
 
@@ -120,7 +126,14 @@ class Models(_Resource):
             entity=entity,
             return_existing=return_existing,
         )
-        return self._call("POST", "/preview/models", ModelResponse, json=_dump(body))
+        return self._call(
+            "POST",
+            "/preview/models",
+            ModelResponse,
+            json=_dump(body),
+            timeout=CREATE_TIMEOUT_S,
+            idempotent=return_existing,  # registering again returns the same model
+        )
 
     def delete(self, model_id: str) -> DeleteModelResponse:
         return self._call("DELETE", f"/preview/models/{model_id}", DeleteModelResponse)
@@ -221,7 +234,13 @@ class TrainingJobs(_Resource):
             trajectory_groups=list(trajectory_groups),
             experimental_config=experimental_config,
         )
-        return self._call("POST", "/preview/training-jobs", TrainingJobResponse, json=_dump(body))
+        return self._call(
+            "POST",
+            "/preview/training-jobs",
+            TrainingJobResponse,
+            json=_dump(body),
+            timeout=CREATE_TIMEOUT_S,
+        )
 
     def create_sft(
         self,
@@ -239,7 +258,9 @@ class TrainingJobs(_Resource):
             experimental_config=experimental_config,
         )
         path = "/preview/sft-training-jobs"
-        return self._call("POST", path, TrainingJobResponse, json=_dump(body))
+        return self._call(
+            "POST", path, TrainingJobResponse, json=_dump(body), timeout=CREATE_TIMEOUT_S
+        )
 
     def retrieve(self, job_id: str) -> TrainingJobResponse:
         return self._call("GET", f"/preview/training-jobs/{job_id}", TrainingJobResponse)
@@ -318,6 +339,7 @@ class _BaseClient:
         self.checkpoints = Checkpoints(self)
         self.training_jobs = TrainingJobs(self)
         self.local_artifacts = LocalArtifacts(self)
+        self._local: bool | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -383,8 +405,19 @@ class Client(_BaseClient):
         return SystemCheck.model_validate(response.json())
 
     def list_models(self) -> list[ModelInfo]:
-        """``GET /models``: base models and checkpoints this endpoint serves."""
-        return [ModelInfo.model_validate(m) for m in self._call("GET", "/models", dict)["data"]]
+        """``GET /models`` of the inference host: the base models and checkpoints it serves."""
+        url = self.settings.inference_base_url + "/models"
+        data = _parse(self._http.request("GET", url, headers=self._headers), dict)["data"]
+        return [ModelInfo.model_validate(m) for m in data]
+
+    def is_local(self) -> bool:
+        """Whether this is a wandb-serverless local backend: ``Settings.local``, else the
+        server's ``/v1/system-check`` says so (asked once)."""
+        if self._local is None:
+            self._local = self.settings.local
+        if self._local is None:
+            self._local = (self.system_check().model_extra or {}).get("backend") == LOCAL_BACKEND
+        return self._local
 
     def openai(self, **kwargs: Any) -> openai.OpenAI:
         """An ``openai.OpenAI`` for chat on the same server, key and project."""

@@ -154,6 +154,24 @@ def _format_detail(detail: Any) -> str:
     return str(detail)
 
 
+def _hint(request: httpx.Request, status: int) -> str:
+    """What to do next, where the status alone does not say it."""
+    from wandb_serverless.config import DEFAULT_TRAINING_BASE_URL, ENV_TRAINING_BASE_URL
+
+    if status in (502, 524) and request.method == "POST":
+        return (
+            " (the gateway timed out: the server may still have done it; list before retrying "
+            "a job)"
+        )
+    if status == 404 and str(request.url).startswith(DEFAULT_TRAINING_BASE_URL + "/"):
+        return (
+            f" (if every call 404s, the service may have moved: W&B Training is moving under "
+            f"CoreWeave Forge, https://forge.coreweave.com/api/training/v1; set "
+            f"{ENV_TRAINING_BASE_URL} or base_url=... to point the client there)"
+        )
+    return ""
+
+
 def error_for_response(response: httpx.Response) -> APIStatusError:
     """The exception for an error response, carrying the server's detail."""
     try:
@@ -167,6 +185,7 @@ def error_for_response(response: httpx.Response) -> APIStatusError:
     cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     request = response.request
     message = f"{request.method} {request.url.path} -> {status}: {_format_detail(detail)}"
+    message += _hint(request, status)
     if cls is RateLimitError:
         return RateLimitError(
             message,

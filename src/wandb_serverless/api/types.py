@@ -6,7 +6,7 @@ add fields; requests forbid unknown keys except where the spec says servers acce
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,7 +59,7 @@ class CheckpointResponse(_Response):
 
 
 class DeleteCheckpointsRequest(_Request):
-    steps: list[int]
+    steps: list[Annotated[int, Field(ge=0, lt=2**63)]]
 
 
 class DeleteCheckpointsResponse(_Response):
@@ -132,9 +132,16 @@ class CreateTrainingJob(_Request):
     experimental_config: ExperimentalTrainingConfig | None = None
 
 
-class SFTTrainingConfig(_Request):
+class SFTTrainingConfig(BaseModel):
+    """Seed 004 does not forbid extra keys: a server may accept config keys newer than this
+    client (the local backend ignores unknown ones and says so in the job's events)."""
+
+    model_config = ConfigDict(extra="allow")
+
     batch_size: int | Literal["auto"] | None = None
     learning_rate: float | list[float] | None = None
+    assistant_turns: Literal["all", "last"] | None = None
+    """Train on every assistant turn of a row (ART's default) or only on the last one."""
     metric_logging: dict[str, Any] | None = None
 
 
@@ -149,6 +156,7 @@ class TrainingJobResponse(_Response):
     id: str
 
 
+#: The event types known today; others are kept as they come (a newer server may add some).
 TrainingJobEventType = Literal[
     "training_started", "gradient_step", "training_ended", "training_failed"
 ]
@@ -157,7 +165,8 @@ TERMINAL_EVENTS = frozenset({"training_ended", "training_failed"})
 
 class TrainingJobEvent(_Response):
     id: str
-    type: TrainingJobEventType
+    type: str
+    """One of :data:`TrainingJobEventType`, or a newer type this client does not know yet."""
     data: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -168,17 +168,17 @@ class RolloutStore:
                 (float(reward), trajectory.model_dump_json(), trajectory_id),
             )
 
-    def query(
+    def _select(
         self,
+        columns: str,
         *,
         group: str | None = None,
         metadata: dict[str, Any] | None = None,
         min_reward: float | None = None,
         max_reward: float | None = None,
         limit: int | None = None,
-    ) -> list[Trajectory]:
-        """Trajectories in the order they finished, filtered by group, metadata and reward."""
-        sql, args = "SELECT data FROM trajectories WHERE 1=1", []
+    ) -> list[tuple]:
+        sql, args = f"SELECT {columns} FROM trajectories WHERE 1=1", []
         if group is not None:
             sql += " AND grp = ?"
             args.append(group)
@@ -196,27 +196,35 @@ class RolloutStore:
             sql += " LIMIT ?"
             args.append(limit)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [Trajectory.model_validate_json(r[0]) for r in rows]
+            return self._db.execute(sql, args).fetchall()
+
+    def query(self, **filters: Any) -> list[Trajectory]:
+        """Trajectories in the order they finished, filtered by ``group``, ``metadata``,
+        ``min_reward``/``max_reward`` and ``limit``."""
+        return [Trajectory.model_validate_json(r[0]) for r in self._select("data", **filters)]
 
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM trajectories").fetchone()[0]
 
     def groups(self, *, metadata: dict[str, Any] | None = None) -> list[TrajectoryGroup]:
-        """Stored trajectories grouped by their rollout group (ungrouped ones are left out)."""
+        """Stored rollouts grouped by their rollout group (ungrouped ones are left out).
+
+        A rollout that raised goes to its group's ``exceptions`` only, as in ART: kept as a
+        reward-0 trajectory it would skew the group's advantages and count the failure twice.
+        """
         by_group: dict[str, list[Trajectory]] = defaultdict(list)
         exceptions: dict[str, list[dict]] = defaultdict(list)
-        for trajectory in self.query(metadata=metadata):
-            group = trajectory.metadata.get("group")
-            if group is not None:
-                by_group[str(group)].append(trajectory)
-        with self._lock:
-            for grp, exc in self._db.execute(
-                "SELECT grp, exception FROM trajectories WHERE exception IS NOT NULL"
-            ):
-                if grp is not None:
-                    exceptions[grp].append(json.loads(exc))
+        for grp, data, exception in self._select("grp, data, exception", metadata=metadata):
+            trajectory = Trajectory.model_validate_json(data)
+            name = grp if grp is not None else trajectory.metadata.get("group")
+            if name is None:
+                continue
+            if exception is not None:
+                exceptions[str(name)].append(json.loads(exception))
+                by_group.setdefault(str(name), [])
+            else:
+                by_group[str(name)].append(trajectory)
         return [
             TrajectoryGroup(
                 trajectories=items, exceptions=exceptions.get(name, []), metadata={"group": name}

@@ -77,22 +77,59 @@ class History(BaseModel):
         return [item for item in self.messages_and_choices if isinstance(item, Choice)]
 
 
+class ChatExchange(BaseModel):
+    """One recorded chat call, as ART 0.5.23 captures it: the request and its response."""
+
+    model_config = ConfigDict(extra="allow")
+
+    request: dict[str, Any]
+    response: dict[str, Any]
+    model: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+
+    def choices(self) -> list[Choice]:
+        """The response's choices; ``prompt_token_ids`` of the response is copied onto each."""
+        prompt_ids = self.response.get("prompt_token_ids")
+        out = []
+        for raw in self.response.get("choices") or []:
+            if prompt_ids is not None and "prompt_token_ids" not in raw:
+                raw = {**raw, "prompt_token_ids": prompt_ids}
+            out.append(Choice.model_validate(raw))
+        return out
+
+
+class Exchanges(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    chat_completions: list[ChatExchange] = Field(default_factory=list)
+
+
 class Trajectory(History):
-    """One rollout of an agent: its conversation(s), the reward, and what you want to keep."""
+    """One rollout of an agent: its conversation(s), the reward, and what you want to keep.
+
+    ART's newer capture shape, ``exchanges`` (request/response pairs), is accepted too: each
+    exchange's response choices are model turns with the request's messages as their context.
+    """
 
     messages_and_choices: list[MessageOrChoice] = Field(default_factory=list)
     additional_histories: list[History] = Field(default_factory=list)
+    exchanges: Exchanges | None = None
     reward: float = 0.0
     initial_policy_version: int | None = None
     final_policy_version: int | None = None
     metrics: dict[str, float | int | bool] = Field(default_factory=dict)
-    metadata: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Any JSON values (ART allows lists and objects too)."""
     logs: list[str] = Field(default_factory=list)
 
     def is_trainable(self) -> bool:
         """True when some model turn carries logprobs (what the RL trainer learns from)."""
         histories = [self, *self.additional_histories]
-        return any(c.logprobs is not None for h in histories for c in h.choices())
+        choices = [c for h in histories for c in h.choices()]
+        for exchange in self.exchanges.chat_completions if self.exchanges else []:
+            choices += exchange.choices()
+        return any(c.logprobs is not None for c in choices)
 
 
 class TrajectoryGroup(BaseModel):
@@ -102,7 +139,7 @@ class TrajectoryGroup(BaseModel):
 
     trajectories: list[Trajectory]
     exceptions: list[dict[str, Any]] = Field(default_factory=list)
-    metadata: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float | int | bool] = Field(default_factory=dict)
     logs: list[str] = Field(default_factory=list)
 

@@ -37,7 +37,7 @@ from llama_index.llms.wandb.utils import (
     to_openai_messages,
     usage_kwargs,
 )
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from wandb_serverless import chat as protocol
 from wandb_serverless.api.client import openai_client
@@ -83,7 +83,16 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         default_factory=dict, description="Extra request fields (vLLM extras included)."
     )
 
+    # ``base_url`` and LlamaIndex's usual ``api_base`` both work; an unknown argument is an
+    # error (a typo must not send the key to W&B instead of the server meant).
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
+
     _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def api_base(self) -> str | None:
+        """The chat endpoint (LlamaIndex's name for ``base_url``)."""
+        return self.base_url
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -92,7 +101,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         )
         self.api_key = settings.api_key
         self.base_url = settings.inference_base_url
-        self.project = settings.openai_project
+        self.project = settings.project_path  # the entity is looked up when first sending
 
     @classmethod
     def class_name(cls) -> str:
