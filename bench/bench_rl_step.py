@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from wandb_serverless.local.trainer import LORA, Sample, TrainingWorker
+from wandb_serverless.local.trainer import LORA, Sample, TrainingWorker, _adamw
 
 BASE = (
     Path(__file__).resolve().parents[1]
@@ -59,12 +59,12 @@ def raw_step(policy, samples: list[Sample]) -> None:
 def run() -> dict[str, float]:
     samples = batch()
     ours_model, raw_model = model(), model()
-    TrainingWorker._rl_step(ours_model, samples, {}, 5e-4)  # warm up
+    TrainingWorker._rl_step(ours_model, _adamw(ours_model, 5e-4), samples, {})  # warm up
     raw_step(raw_model, samples)
     ours, raw = [], []
     for _ in range(3):  # interleaved
         started = time.perf_counter()
-        TrainingWorker._rl_step(ours_model, samples, {}, 5e-4)
+        TrainingWorker._rl_step(ours_model, _adamw(ours_model, 5e-4), samples, {})
         ours.append(time.perf_counter() - started)
         started = time.perf_counter()
         raw_step(raw_model, samples)

@@ -13,6 +13,7 @@ sys.path.insert(0, str(HERE))
 import bench_adapter_overhead  # noqa: E402
 import bench_engine  # noqa: E402
 import bench_hooks  # noqa: E402
+import bench_learning  # noqa: E402
 import bench_rl_step  # noqa: E402
 
 TARGETS = {
@@ -59,6 +60,8 @@ def main() -> None:
         lines.append("")
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    # the learning runs (minutes each) append their own section, and the README's demo table
+    bench_learning.main()
 
 
 if __name__ == "__main__":

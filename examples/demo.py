@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -38,9 +40,11 @@ TRAIN_CITIES = [
     "Munich", "Milan", "Barcelona", "Porto", "Krakow", "Seville", "Lyon", "Hamburg", "Naples",
     "Valencia", "Geneva", "Edinburgh",
 ]  # fmt: skip
-HELD_OUT_CITIES = ["Tokyo", "Cairo", "Lima", "Toronto", "Sydney", "Nairobi", "Seoul", "Chicago",
-                   "Mumbai", "Santiago", "Boston", "Denver"]  # fmt: skip
-EVAL_SAMPLES = 2
+HELD_OUT_CITIES = [
+    "Tokyo", "Cairo", "Lima", "Toronto", "Sydney", "Nairobi", "Seoul", "Chicago", "Mumbai",
+    "Santiago", "Boston", "Denver", "Dallas", "Bangkok", "Istanbul", "Montreal", "Havana", "Dubai",
+    "Manila", "Lagos", "Delhi", "Houston", "Bogota", "Melbourne",
+]  # fmt: skip
 QUESTIONS = [
     "What's the weather like in {city}?",
     "Is it raining in {city} right now?",
@@ -49,8 +53,8 @@ QUESTIONS = [
     "Do I need an umbrella in {city}?",
 ]
 INSTRUCTION = (
-    'Do not answer yourself. Reply only with <tool_call>{{"name": "get_weather", '
-    '"arguments": {{"city": "<city>"}}}}</tool_call>'
+    'Do not answer yourself. Reply only with <tool_call>{"name": "get_weather", '
+    '"arguments": {"city": "<city>"}}</tool_call>'
 )
 
 
@@ -123,29 +127,55 @@ async def run_agent(
     return run.reward
 
 
-async def evaluate(backend: LocalBackend, ref: str, temperature: float) -> float:
-    """Mean reward on the held-out cities: EVAL_SAMPLES seeded samples per city, so the score
-    moves with the policy's odds of a right call (greedy decoding flips only at the end)."""
+async def evaluate(backend: LocalBackend, ref: str) -> float:
+    """Mean reward of greedy answers on the 24 held-out cities (never trained on): the agent's
+    most likely behaviour, deterministic, so steps compare without sampling noise; one city
+    is 0.04 of the score."""
     llm = ChatWandb(
-        model=ref,
-        base_url=backend.base_url,
-        api_key=backend.api_key,
-        temperature=temperature,
-        max_tokens=40,
+        model=ref, base_url=backend.base_url, api_key=backend.api_key, temperature=0, max_tokens=40
     )
     agent = build_agent(llm)
     rng = random.Random(0)
     jobs = [
-        run_agent(agent, task(city, rng), city, seed=1000 * i + j, temperature=temperature)
-        for i, city in enumerate(HELD_OUT_CITIES)
-        for j in range(EVAL_SAMPLES)
+        run_agent(agent, task(city, rng), city, seed=None, temperature=0)
+        for city in HELD_OUT_CITIES
     ]
     scores = await asyncio.gather(*jobs)
     return sum(scores) / len(scores)
 
 
+async def collect(
+    agent, args: argparse.Namespace, rng: random.Random, store: RolloutStore, tag: str
+) -> tuple[list, list[float]]:
+    """One round of rollouts: ``args.groups`` training cities x ``args.group_size`` samples."""
+    jobs = []
+    for city in rng.sample(TRAIN_CITIES, args.groups):
+        question = task(city, rng)
+        jobs += [
+            run_agent(
+                agent,
+                question,
+                city,
+                seed=rng.randrange(1 << 30),
+                temperature=args.temperature,
+                group=f"{tag}-{city}",
+                store=store,
+            )
+            for _ in range(args.group_size)
+        ]
+    rewards = list(await asyncio.gather(*jobs))
+    groups = [g for g in store.groups() if str(g.metadata.get("group", "")).startswith(tag)]
+    return groups, rewards
+
+
 async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: float) -> dict:
-    """Evaluate, then (collect groups of rollouts -> one RL step -> evaluate) x steps."""
+    """Evaluate, then (collect groups of rollouts -> one RL step -> evaluate) x steps.
+
+    A step whose groups all have one reward (no signal: at the start the base model makes the
+    right call in ~3-5% of samples) samples another round of fresh groups, up to
+    ``args.max_rounds`` (DAPO's dynamic sampling, bounded): a cold start costs seconds of
+    sampling instead of a wasted step.
+    """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tm = TrainableModel(
@@ -159,7 +189,8 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     store = RolloutStore(out / "rollouts.db")
     handler = RolloutCallbackHandler(store=store).install()  # zero-code capture
     rng = random.Random(args.seed)
-    curve = [(0, await evaluate(backend, tm.ref, args.temperature))]
+    run_id = uuid.uuid4().hex[:8]  # a store kept from an earlier run never mixes in
+    curve = [(0, await evaluate(backend, tm.ref))]
     print(
         f"\n{'step':>4} {'train reward':>12} {'trainable groups':>16} {'held-out reward':>15} "
         f"{'rollouts':>8} {'train':>6} {'total':>6}"
@@ -167,47 +198,50 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     print(
         f"{0:>4} {'':>12} {'':>16} {curve[0][1]:>15.2f} {'':>8} {'':>6} {time.monotonic() - started:>5.0f}s"
     )
-    sampler = ChatWandb(
-        model=tm.ref,
-        base_url=backend.base_url,
-        api_key=backend.api_key,
-        temperature=args.temperature,
-        max_tokens=40,
-    )
-    agent = build_agent(sampler)
+    config = {"learning_rate": args.lr} if args.lr else None  # None: the backend's default
+    steps = []
     try:
         for step in range(1, args.steps + 1):
-            cities = rng.sample(TRAIN_CITIES, args.groups)
-            jobs = []
-            for city in cities:
-                question = task(city, rng)
-                jobs += [
-                    run_agent(
-                        agent,
-                        question,
-                        city,
-                        seed=rng.randrange(1 << 30),
-                        temperature=args.temperature,
-                        group=f"{args.name}-step{step}-{city}",
-                        store=store,
-                    )
-                    for _ in range(args.group_size)
-                ]
+            # tm.ref: the newest checkpoint (the base model before the first one)
+            sampler = ChatWandb(
+                model=tm.ref,
+                base_url=backend.base_url,
+                api_key=backend.api_key,
+                temperature=args.temperature,
+                max_tokens=40,
+            )
+            agent = build_agent(sampler)
             sampling = time.monotonic()
-            rewards = await asyncio.gather(*jobs)
+            groups, rewards = [], []
+            for round_ in range(args.max_rounds):
+                tag = f"{args.name}-{run_id}-step{step}-r{round_}"
+                more_groups, more_rewards = await collect(agent, args, rng, store, tag)
+                groups += more_groups
+                rewards += more_rewards
+                if any(g.has_signal() for g in groups):
+                    break
             sampling = time.monotonic() - sampling
-            prefix = f"{args.name}-step{step}-"
-            groups = [
-                g for g in store.groups() if str(g.metadata.get("group", "")).startswith(prefix)
-            ]
-            result = tm.train_rl(groups, {"learning_rate": args.lr})
-            held_out = await evaluate(backend, tm.ref, args.temperature)
+            result = tm.train_rl(groups, config)
+            held_out = await evaluate(backend, tm.ref)
             curve.append((step, held_out))
             trainable = len(groups) - result.dropped_groups
+            train_s = result.metrics.get("time/step_trainer_s", 0.0)
             print(
                 f"{step:>4} {sum(rewards) / len(rewards):>12.2f} {trainable:>13}/{len(groups):<2} "
-                f"{held_out:>15.2f} {sampling:>7.0f}s {result.metrics.get('time/step_trainer_s', 0):>5.0f}s "
+                f"{held_out:>15.2f} {sampling:>7.0f}s {train_s:>5.0f}s "
                 f"{time.monotonic() - started:>5.0f}s"
+            )
+            steps.append(
+                {
+                    "step": step,
+                    "train_reward": sum(rewards) / len(rewards),
+                    "trainable_groups": trainable,
+                    "groups": len(groups),
+                    "held_out": held_out,
+                    "sampling_s": sampling,
+                    "train_s": train_s,
+                    "elapsed_s": time.monotonic() - started,
+                }
             )
             tm.log_metrics(
                 result.step,
@@ -218,7 +252,16 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     png = plot_reward_curve(
         curve, out / "reward_curve.png", title="held-out reward, weather tool use"
     )
-    return {"model": tm, "curve": curve, "png": png, "rollouts": store.count()}
+    return {"model": tm, "curve": curve, "steps": steps, "png": png, "rollouts": store.count()}
+
+
+def summary_line(curve: list[tuple[int, float]], seconds: float) -> str:
+    """``baseline -> final, best step, time``: how `make demo` ends."""
+    best_step, best = max(curve, key=lambda point: (point[1], -point[0]))
+    return (
+        f"held-out reward {curve[0][1]:.2f} -> {curve[-1][1]:.2f} "
+        f"(best {best:.2f} at step {best_step}) in {seconds:.0f} s"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -235,15 +278,24 @@ async def main(args: argparse.Namespace) -> None:
         )
         result = await train_loop(backend, args, started)
         tm, curve = result["model"], result["curve"]
+        seconds = time.monotonic() - started
         print(
-            f"\nheld-out reward {curve[0][1]:.2f} -> {curve[-1][1]:.2f} after {args.steps} RL steps "
-            f"({result['rollouts']} rollouts recorded, {tm.latest_step()} checkpoints); "
-            f"{time.monotonic() - started:.0f}s in all"
+            f"\n{result['rollouts']} rollouts recorded, {tm.latest_step()} checkpoints; newest "
+            f"served as {tm.ref}; reward curve: {result['png']}; history: {tm.history_path}"
         )
-        print(
-            f"newest checkpoint served as {tm.ref}; reward curve: {result['png']}; "
-            f"history: {tm.history_path}"
-        )
+        if args.summary:
+            Path(args.summary).write_text(
+                json.dumps(
+                    {
+                        "seed": args.seed,
+                        "lr": args.lr,
+                        "curve": curve,
+                        "steps": result["steps"],
+                        "seconds": seconds,
+                    }
+                )
+            )
+        print(summary_line(curve, seconds))
 
 
 def parse_args() -> argparse.Namespace:
@@ -253,7 +305,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="RL steps (default 4)")
     parser.add_argument("--groups", type=int, default=4, help="prompts per step (default 4)")
     parser.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the backend's, 5e-4)"
+    )
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=3,
+        help="rounds of groups a step samples while none has reward variance (default 3)",
+    )
+    parser.add_argument("--summary", help="write the run's curve and timings to this JSON file")
     parser.add_argument(
         "--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)"
     )

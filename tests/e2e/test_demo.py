@@ -39,6 +39,7 @@ async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(
         groups=2,
         group_size=8,
         lr=1e-3,
+        max_rounds=1,
         temperature=0.7,
         seed=3,
         out=str(tmp_path),

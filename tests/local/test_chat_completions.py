@@ -5,6 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from wandb_serverless.local.engine import wait_idle
+
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -27,7 +29,7 @@ def test_completion_text_usage_and_logprobs_agree(oai, tokenizer):
     prompt_ids = reply.model_extra["prompt_token_ids"]
     assert reply.usage.prompt_tokens == len(prompt_ids)
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
-    assert reply.usage.prompt_tokens_details.cached_tokens in (0, reply.usage.prompt_tokens)
+    assert 0 <= reply.usage.prompt_tokens_details.cached_tokens <= reply.usage.prompt_tokens
 
 
 def test_a_repeated_prompt_reuses_its_cached_prefill_with_identical_output(oai):
@@ -40,6 +42,32 @@ def test_a_repeated_prompt_reuses_its_cached_prefill_with_identical_output(oai):
     )
     assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens
     assert second.choices[0].message.content == first.choices[0].message.content
+
+
+def test_a_prompt_sharing_a_cached_prefix_decodes_as_if_computed_whole(oai, backend):
+    system = {"role": "system", "content": "You answer questions about geography. " * 4}
+
+    def ask(question: str):
+        return oai.chat.completions.create(
+            model="default",
+            messages=[system, {"role": "user", "content": question}],
+            max_tokens=12,
+            temperature=0,
+            logprobs=True,
+        )
+
+    ask("What is the capital of France?")
+    shared = ask("What is the capital of Peru?")
+    assert 30 < shared.usage.prompt_tokens_details.cached_tokens < shared.usage.prompt_tokens
+    engine = backend.app.state.backend.engine
+    assert wait_idle(engine)
+    engine._prompts.clear()  # idle: nothing else reads it now
+    whole = ask("What is the capital of Peru?")
+    assert whole.usage.prompt_tokens_details.cached_tokens == 0
+    assert shared.choices[0].message.content == whole.choices[0].message.content
+    pairs = zip(shared.choices[0].logprobs.content, whole.choices[0].logprobs.content, strict=True)
+    for a, b in pairs:
+        assert abs(a.logprob - b.logprob) < 1e-4
 
 
 def test_tokens_as_token_ids_name_each_sampled_id(oai):

@@ -75,6 +75,7 @@ class DoneEvent:
 
 
 Sink = Callable[[TokenEvent | DoneEvent], None]
+MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a cache copy
 
 
 def error_event(exc: Exception) -> DoneEvent:
@@ -454,12 +455,16 @@ class Engine:
                 cache.update(keys, values, index)
             request.cached_tokens = length
         else:
-            ids = torch.tensor([request.prompt_ids], dtype=torch.long)
+            # An agent's prompts share long prefixes (system prompt and tools; the previous
+            # turns of a multi-turn run): reuse the longest cached one, compute the rest.
+            start, cache = self._cached_prefix(request.adapter, request.prompt_ids)
+            request.cached_tokens = start
+            ids = torch.tensor([request.prompt_ids[start:]], dtype=torch.long)
             out = self.model(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                position_ids=torch.arange(length)[None],
-                past_key_values=DynamicCache(),
+                attention_mask=torch.ones(1, length, dtype=torch.long),
+                position_ids=torch.arange(start, length)[None],
+                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
                 **self._forward_kwargs([request.adapter]),
@@ -473,6 +478,28 @@ class Engine:
         token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:
             self._batch.join(row, cache, length, token)
+
+    def _cached_prefix(self, adapter: str | None, prompt: list[int]) -> tuple[int, Any]:
+        """(n, a KV cache of the prompt's first n tokens) from the prompt cache: the longest
+        shared prefix worth reusing, at most all but the last token (its logits are needed)."""
+        from transformers import DynamicCache
+
+        best, layers = 0, None
+        for (name, cached), (cached_layers, _) in self._prompts.items():
+            if name != adapter:
+                continue
+            limit = min(len(cached), len(prompt) - 1)
+            n = 0
+            while n < limit and cached[n] == prompt[n]:
+                n += 1
+            if n > best:
+                best, layers = n, cached_layers
+        cache = DynamicCache()
+        if layers is None or best < MIN_SHARED_PREFIX:
+            return 0, cache
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys[:, :, :best], values[:, :, :best], index)
+        return best, cache
 
     def _decode(self) -> None:
         batch = self._batch
