@@ -162,15 +162,16 @@ def main() -> dict[str, float]:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     args = parser.parse_args()
-    results = {
-        name: [(seed, run(SCENARIOS[name][0], seed, [])) for seed in args.seeds]
-        for name in args.scenarios
-    }
+    results = {}
+    for name in args.scenarios:  # each scenario's tables are written as soon as it is done
+        results[name] = [(seed, run(SCENARIOS[name][0], seed, [])) for seed in args.seeds]
+        write({name: results[name]}, {})
     sweep = {
         label: [(seed, run(SCENARIOS["demo"][0], seed, extra, env)) for seed in args.seeds]
         for label, (extra, env) in (SWEEP.items() if args.sweep else [])
     }
-    write(results, sweep)
+    if sweep:
+        write({}, sweep)
     return {
         f"{name}_{seed}_final": result["curve"][-1][1]
         for name, runs in results.items()

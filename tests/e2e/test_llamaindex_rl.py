@@ -52,11 +52,17 @@ async def test_a_run_trains_on_both_model_turns_with_the_tool_result_masked(
 
     store_groups = example.RolloutStore(tmp_path / "rollouts.db").groups()
     trajectories = [t for g in store_groups for t in g.trajectories]
-    assert trajectories
-    trajectory = trajectories[0]
-    items = trajectory.messages_and_choices
-    turns = [i for i, item in enumerate(items) if isinstance(item, Choice)]
-    assert len(turns) >= 2 and all(items[i].logprobs is not None for i in turns)
+
+    def turns_of(trajectory) -> list[int]:
+        items = trajectory.messages_and_choices
+        return [i for i, item in enumerate(items) if isinstance(item, Choice)]
+
+    # the first turn must call a tool; a run can still end early (a call the agent rejects)
+    two_turns = [t for t in trajectories if len(turns_of(t)) >= 2]
+    assert len(two_turns) >= len(trajectories) / 2, [len(turns_of(t)) for t in trajectories]
+    trajectory = two_turns[0]
+    items, turns = trajectory.messages_and_choices, turns_of(trajectory)
+    assert all(items[i].logprobs is not None for i in turns)
     between = items[turns[0] + 1 : turns[1]]
     assert any(isinstance(m, dict) and m["role"] == "tool" for m in between)
     tool_text = next(m["content"] for m in between if isinstance(m, dict))

@@ -437,11 +437,11 @@ class TrainingWorker:
         return model
 
     def _rl_policy(self, model_id: str, lr: float) -> tuple[Any, torch.optim.Optimizer]:
-        """The policy and its AdamW, continuing from the latest checkpoint's optimizer state.
-
-        A fresh AdamW per job would make every RL step a sign-gradient step of size ``lr`` on
-        every LoRA weight (Adam's first update is ``lr * g / |g|``): that overshoots, and was
-        the demo's collapse after its peak. The moments live beside the latest adapter
+        """The policy and its AdamW, continuing from the latest checkpoint's optimizer state,
+        as one training run would: a fresh AdamW per job makes every RL step a sign-gradient
+        step of size ``lr`` on every LoRA weight (Adam's first update is ``lr * g / |g|``),
+        whatever the gradient's size. (On the demo's task the sweep in bench/RESULTS.md found
+        no difference in outcome.) The moments live beside the latest adapter
         (``optimizer.pt``) and in memory between jobs.
         """
         latest = self.state.checkpoint(model_id, None)
