@@ -71,6 +71,8 @@ BAD_CHAT_BODIES = {
     "stop_token_ids negative": chat_body(stop_token_ids=[-1]),
     "max_tokens 2**70": chat_body(max_tokens=2**70),
     "top_k 2**70": chat_body(top_k=2**70),
+    "role a list": json.dumps({"messages": [{"role": ["user"], "content": "x"}]}),
+    "message a string": json.dumps({"messages": ["hello"]}),
 }
 
 
@@ -110,6 +112,23 @@ def test_bad_training_api_input_is_a_json_4xx(backend, oai):
         ]:  # fmt: skip
             status, payload, kept = conn.send(method, path, body)
             assert status == 422 and payload["detail"][0]["msg"], (path, status, payload)
+            assert kept
+        good = {"messages_and_choices": HELLO, "reward": 1.0}
+        for method, path, body in [  # lone surrogates: valid JSON, not storable text
+            ("POST", "/preview/training-jobs", '{"model_id": "\\udb7e\\udd2cH", '
+             '"trajectory_groups": [{"trajectories": [' + json.dumps(good) + "]}]}"),
+            ("POST", "/preview/models", '{"project": "p", "name": "n", "entity": "\\ud800", '
+             f'"base_model": "{backend.model_id}"}}'),
+            ("GET", "/preview/training-jobs/%ED%A0%80", None),
+            ("POST", "/preview/training-jobs", json.dumps({  # found by the schemathesis run
+                "model_id": model["id"],
+                "trajectory_groups": [{"trajectories": [
+                    {"messages_and_choices": [{"role": [1, 2], "content": "x"}], "reward": 1}
+                ]}],
+            })),
+        ]:  # fmt: skip
+            status, payload, kept = conn.send(method, path, body)
+            assert 400 <= status < 500 and payload["detail"], (path, status, payload)
             assert kept
     finally:
         conn.close()

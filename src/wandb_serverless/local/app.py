@@ -155,6 +155,14 @@ def create_app(
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_unicode(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON may carry lone surrogates ("\ud800"); no store, file or tokenizer takes them
+        return JSONResponse(
+            {"detail": "the request contains text that is not valid Unicode (a lone surrogate)"},
+            status_code=400,
+        )
+
     @app.exception_handler(PathOutsideError)
     async def _outside(_: Request, exc: PathOutsideError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)

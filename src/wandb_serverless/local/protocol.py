@@ -96,7 +96,8 @@ class ChatCompletionRequest(BaseModel):
     def _messages_have_roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         roles = {"system", "developer", "user", "assistant", "tool", "function"}
         for i, message in enumerate(messages):
-            if message.get("role") not in roles:
+            role = message.get("role") if isinstance(message, dict) else None
+            if not isinstance(role, str) or role not in roles:
                 raise ValueError(f"messages[{i}].role must be one of {sorted(roles)}")
         return messages
 

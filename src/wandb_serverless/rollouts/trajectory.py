@@ -29,7 +29,7 @@ def message_or_choice(value: Any) -> dict[str, Any] | Choice:
         if "message" in value:
             return Choice.model_validate(value)
         raise ValueError("message is missing 'role' (a Choice needs 'message' and 'finish_reason')")
-    if value["role"] not in MESSAGE_ROLES:
+    if not isinstance(value["role"], str) or value["role"] not in MESSAGE_ROLES:
         raise ValueError(f"unknown role {value['role']!r}; expected one of {sorted(MESSAGE_ROLES)}")
     if value["role"] == "tool" and not value.get("tool_call_id"):
         raise ValueError("a tool message needs 'tool_call_id'")
