@@ -254,8 +254,10 @@ def test_a_row_that_fails_while_decoding_fails_alone(backend):
         GenerationRequest(prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(i))
         for i in range(4)
     ]
-    requests.append(
-        GenerationRequest(prompt, SamplingParams(max_tokens=16), sink_for(4), _BreaksAfter(5))
+    requests.append(  # ignore_eos: it must not end on its own before the fault
+        GenerationRequest(
+            prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(4), _BreaksAfter(5)
+        )
     )
     for request in requests:
         engine.submit(request)
