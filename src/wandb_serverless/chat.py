@@ -12,6 +12,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, Field
 
+from wandb_serverless.config import describe_endpoint
 from wandb_serverless.rollouts.recorder import (
     RECORDING_GUARD,
     LLMCall,
@@ -142,6 +143,41 @@ def json_schema_format(
     return {"type": "json_schema", "json_schema": spec}
 
 
+class LengthLimitError(openai.LengthFinishReasonError):
+    """Structured output (a ``json_schema`` or ``json_object`` response format, or vLLM's
+    ``structured_outputs``) that the length limit cut off: it is incomplete JSON, so this is
+    raised instead of a parse error about missing fields. ``except
+    openai.LengthFinishReasonError`` catches it, as for ``ChatOpenAI``."""
+
+    def __init__(self, request: dict[str, Any], completion_tokens: int | None = None) -> None:
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        used = f", {completion_tokens} tokens written" if completion_tokens else ""
+        cap = f"max_tokens={limit}" if limit else "the server's default max_tokens"
+        openai.OpenAIError.__init__(
+            self,
+            f"the structured output was cut off by the length limit (finish_reason: length, "
+            f"{cap}{used}), so it is incomplete JSON; raise max_tokens",
+        )
+        self.completion = None  # type: ignore[assignment]
+        self.max_tokens = limit
+
+
+def is_structured(request: dict[str, Any]) -> bool:
+    """Does the request constrain the output to JSON (so a cut-off reply cannot parse)?"""
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"):
+        return True
+    return bool((request.get("extra_body") or {}).get("structured_outputs"))
+
+
+def check_finish(
+    request: dict[str, Any], finish_reason: str | None, completion_tokens: int | None = None
+) -> None:
+    """Raise ``LengthLimitError`` for structured output the length limit cut off."""
+    if finish_reason == "length" and is_structured(request):
+        raise LengthLimitError(request, completion_tokens)
+
+
 def build_request(
     *,
     model: str,
@@ -202,14 +238,24 @@ def post(client: openai.OpenAI | openai.AsyncOpenAI, request: dict[str, Any]) ->
     stream = bool(body.get("stream"))
     is_async = isinstance(client, openai.AsyncOpenAI)
     stream_cls = openai.AsyncStream[object] if is_async else openai.Stream[object]
-    sent = client.post(
-        "/chat/completions", body=body, cast_to=object, stream=stream, stream_cls=stream_cls
-    )
-    if not recording():
-        return sent
+    try:
+        result = client.post(
+            "/chat/completions", body=body, cast_to=object, stream=stream, stream_cls=stream_cls
+        )  # a coroutine for an AsyncOpenAI: nothing is sent before it is awaited
+    except openai.APIConnectionError as exc:
+        name_endpoint(exc, client.base_url)
+        raise
     if is_async:
-        return _arecorded(request, sent, stream)
-    return _recorded_stream(request, sent) if stream else _record(request, sent)
+        return _apost(client, request, result, stream, recording())
+    if not recording():
+        return result
+    return _recorded_stream(request, result) if stream else _record(request, result)
+
+
+def name_endpoint(exc: openai.APIConnectionError, url: Any) -> None:
+    """The SDK's "Connection error." gets the URL it could not reach, and whose it is."""
+    text = f"{exc.message.rstrip('.')}: could not reach {describe_endpoint(str(url))}"
+    exc.message, exc.args = text, (text,)
 
 
 def _record(request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +284,16 @@ def _recorded_stream(request: dict[str, Any], chunks: Any) -> Any:
     accumulator.record(request)
 
 
-async def _arecorded(request: dict[str, Any], sent: Any, stream: bool) -> Any:
-    result = await sent
+async def _apost(
+    client: Any, request: dict[str, Any], sent: Any, stream: bool, record: bool
+) -> Any:
+    try:
+        result = await sent
+    except openai.APIConnectionError as exc:
+        name_endpoint(exc, client.base_url)
+        raise
+    if not record:
+        return result
     if not stream:
         return _record(request, result)
 
@@ -282,13 +336,21 @@ def _add_call(
     RECORDING_GUARD.run(add)
 
 
-def parse_arguments(raw: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """Tool-call arguments as a dict, or the reason they are not one. Empty means ``{}``."""
+CUT_OFF = "the call was cut off by the length limit (finish_reason: length)"
+
+
+def parse_arguments(
+    raw: str | None, *, cut_off: bool = False
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Tool-call arguments as a dict, or the reason they are not one. Empty means ``{}``,
+    except in a reply the length limit ``cut_off``: there it means the arguments never came."""
     if raw is None or not raw.strip():
-        return {}, None
+        return (None, CUT_OFF) if cut_off else ({}, None)
     try:
         value = json.loads(raw)
     except ValueError as exc:
+        if cut_off:
+            return None, CUT_OFF
         return None, f"arguments are not valid JSON: {exc}"
     if not isinstance(value, dict):
         return None, f"arguments must be a JSON object, got {type(value).__name__}"

@@ -12,13 +12,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wandb_serverless.config import ENV_API_KEY, MissingAPIKeyError
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _port_free(host: str, port: int) -> None:
+    """Fail in a second, not after loading the model, when the address is taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (pick another --port)"
+            ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from wandb_serverless.local.server import build_app, default_data_dir
+
+    _port_free(args.host, args.port)
 
     api_key = args.api_key or os.environ.get("WANDB_SERVERLESS_LOCAL_API_KEY")
     generated = not api_key
@@ -67,8 +84,28 @@ def _models_create(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    from wandb_serverless.api.errors import APIStatusError
+    from wandb_serverless.models import CheckpointRef
+
+    try:
+        models = _client(args).models.list()
+    except APIStatusError as exc:
+        if exc.status_code not in (404, 405):
+            raise
+        raise RuntimeError(
+            "this server cannot list registered models (W&B's training API has no list): "
+            "`wandb-serverless models create NAME --project P --base-model B --return-existing` "
+            "prints a model's ID"
+        ) from None
+    for model in models:
+        ref = CheckpointRef.of(model.entity, model.project, model.name, None)
+        _print({**model.model_dump(mode="json"), "ref": str(ref)})
+    return EXIT_OK
+
+
+def _models_served(args: argparse.Namespace) -> int:
     for model in _client(args).list_models():
-        print(model.id)
+        _print(model)
     return EXIT_OK
 
 
@@ -109,9 +146,14 @@ def _store(args: argparse.Namespace) -> Any:
 def _rollouts_list(args: argparse.Namespace) -> int:
     for trajectory in _store(args).query(group=args.group):
         meta = trajectory.metadata
-        turns = sum(1 for m in trajectory.messages() if m["role"] == "assistant")
-        print(
-            f"{meta.get('rollout_id')}\tgroup={meta.get('group')}\treward={trajectory.reward:.3f}\tturns={turns}"
+        _print(
+            {
+                "rollout_id": meta.get("rollout_id"),
+                "group": meta.get("group"),
+                "reward": trajectory.reward,
+                "model_turns": sum(1 for m in trajectory.messages() if m["role"] == "assistant"),
+                "metadata": meta,
+            }
         )
     return EXIT_OK
 
@@ -240,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--entity")
     create.add_argument("--return-existing", action="store_true", help="no error if it exists")
     create.set_defaults(handler=_models_create)
-    api(models, "list", "list the models this endpoint serves").set_defaults(handler=_models_list)
+    api(
+        models, "list", "list registered models with their IDs (local backend; W&B has no list)"
+    ).set_defaults(handler=_models_list)
+    api(
+        models, "served", "list the models chat can use here (base models and checkpoints)"
+    ).set_defaults(handler=_models_served)
     delete = api(models, "delete", "delete a model, its checkpoints and its run")
     delete.add_argument("model_id")
     delete.set_defaults(handler=_models_delete)
@@ -320,6 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
+        return EXIT_ERROR
+    except MissingAPIKeyError:
+        print(
+            f"error: no API key: pass --api-key KEY or set {ENV_API_KEY} (for a local backend: "
+            "the key `wandb-serverless serve` printed, or the one you gave it)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except Exception as exc:  # one clear line, never a stack trace, for scripts and humans
         print(f"error: {exc}", file=sys.stderr)

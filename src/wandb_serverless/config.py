@@ -65,6 +65,22 @@ class MissingAPIKeyError(ValueError):
         )
 
 
+def describe_endpoint(url: str) -> str:
+    """Whom a URL reaches, for error messages: W&B's service, or a custom base URL."""
+    from urllib.parse import urlsplit
+
+    url = _strip(str(url))
+    host = (urlsplit(url).hostname or "").lower()
+    if url in (DEFAULT_INFERENCE_BASE_URL, DEFAULT_TRAINING_BASE_URL):
+        return (
+            f"W&B at {url} (the default: no base URL is set; for the local backend pass its "
+            f"base_url, or set {ENV_BASE_URL})"
+        )
+    if host == "wandb.ai" or host.endswith(".wandb.ai"):
+        return f"W&B at {url}"
+    return f"the custom base URL {url} (is a server running there?)"
+
+
 def _env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None

@@ -70,15 +70,24 @@ def test_models_checkpoints_train_and_jobs_commands(backend, tmp_path):
         ).stdout.splitlines()
     ]
     assert events[0]["type"] == "training_started" and events[-1]["type"] == "training_ended"
-    steps = [
-        json.loads(line)["step"]
+    checkpoints = [
+        json.loads(line)
         for line in cli("checkpoints", "list", model["id"], backend=backend).stdout.splitlines()
     ]
-    assert steps == [1]
-    assert (
-        "wandb-artifact:///local/cli/cli-agent:step1"
-        in cli("models", "list", backend=backend).stdout.split()
-    )
+    assert [c["step"] for c in checkpoints] == [1]
+    # a trained step lists the metrics it was trained with, not {}
+    assert checkpoints[0]["metrics"]["loss"] == pytest.approx(trained["metrics"]["loss"])
+    registered = [
+        json.loads(line) for line in cli("models", "list", backend=backend).stdout.splitlines()
+    ]
+    mine = [m for m in registered if m["name"] == "cli-agent"]
+    assert len(mine) == 1 and mine[0]["id"] == model["id"] and mine[0]["latest_step"] == 1
+    assert mine[0]["ref"] == "wandb-artifact:///local/cli/cli-agent:latest"
+    served = [
+        json.loads(line)["id"]
+        for line in cli("models", "served", backend=backend).stdout.splitlines()
+    ]
+    assert "wandb-artifact:///local/cli/cli-agent:step1" in served
     deleted = json.loads(
         cli("checkpoints", "delete", model["id"], "--steps", "1", "5", backend=backend).stdout
     )
@@ -116,8 +125,12 @@ def test_rollouts_list_and_export_and_train_rl(backend, oai, tmp_path):
                 )
             )
             run.reward = reward
-    listing = cli("rollouts", "list", "--store", str(store.path)).stdout.splitlines()
-    assert len(listing) == 2 and all("group=colors" in line for line in listing)
+    listing = [
+        json.loads(line)
+        for line in cli("rollouts", "list", "--store", str(store.path)).stdout.splitlines()
+    ]
+    assert sorted(r["reward"] for r in listing) == [0.0, 1.0]
+    assert all(r["group"] == "colors" and r["model_turns"] == 1 for r in listing)
     groups = tmp_path / "groups.json"
     cli("rollouts", "export", "--store", str(store.path), "--format", "rl", "--out", str(groups))
     rows = cli(
@@ -185,4 +198,25 @@ def test_missing_api_key_is_a_clear_error(monkeypatch):
         timeout=60,
         env={k: v for k, v in __import__("os").environ.items() if k != "WANDB_API_KEY"},
     )
-    assert result.returncode == 1 and "WANDB_API_KEY" in result.stderr
+    assert result.returncode == 1
+    assert "--api-key" in result.stderr and "WANDB_API_KEY" in result.stderr
+
+
+def test_models_list_on_a_server_without_a_list_says_how_to_get_an_id(fault_server):
+    """W&B's training API has no model list: the CLI says how to get an ID instead."""
+    result = cli("models", "list", "--base-url", fault_server.url, "--api-key", "k", check=False)
+    assert result.returncode == 1 and "--return-existing" in result.stderr
+
+
+def test_serve_fails_at_once_when_the_port_is_taken():
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = cli("serve", "--port", str(port), check=False)
+    assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr
+    assert time.monotonic() - started < 10  # before loading the model

@@ -49,6 +49,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from wandb_serverless import chat as protocol
+from wandb_serverless import tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings
 
@@ -100,8 +101,9 @@ def _usage_metadata(usage: protocol.Usage) -> UsageMetadata:
 def _convert_completion_to_message(completion: protocol.Completion) -> AIMessage:
     """One parsed choice → AIMessage; malformed tool-call arguments never raise."""
     calls, invalid = [], []
+    cut_off = completion.finish_reason == "length"
     for call in completion.tool_calls:
-        args, error = protocol.parse_arguments(call.arguments)
+        args, error = protocol.parse_arguments(call.arguments, cut_off=cut_off)
         if error is None:
             calls.append(tool_call(name=call.name, args=args or {}, id=call.id))
         else:
@@ -412,9 +414,11 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
 
     # -- generation --------------------------------------------------------------------------
 
-    def _result(self, response: Any) -> ChatResult:
+    def _result(self, request: dict[str, Any], response: Any) -> ChatResult:
         generations = []
         for completion in protocol.parse_completion(response):
+            usage = completion.usage.output_tokens if completion.usage else None
+            protocol.check_finish(request, completion.finish_reason, usage)
             info = {"finish_reason": completion.finish_reason}
             if "logprobs" in completion.metadata:
                 info["logprobs"] = completion.metadata["logprobs"]
@@ -449,7 +453,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             response = protocol.post(self._client(), request)
         except openai.APIError as exc:
             raise _map_error(exc) from exc
-        return self._result(response)
+        return self._result(request, response)
 
     async def _agenerate(
         self,
@@ -465,7 +469,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             response = await protocol.post(self._client(async_client=True), request)
         except openai.APIError as exc:
             raise _map_error(exc) from exc
-        return self._result(response)
+        return self._result(request, response)
 
     def _stream(
         self,
@@ -478,7 +482,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         parser = protocol.StreamParser()
         try:
             for raw in protocol.post(self._client(), request):
-                chunk = self._generation_chunk(parser.parse(raw))
+                chunk = self._generation_chunk(request, parser.parse(raw))
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
@@ -496,7 +500,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         parser = protocol.StreamParser()
         try:
             async for raw in await protocol.post(self._client(async_client=True), request):
-                chunk = self._generation_chunk(parser.parse(raw))
+                chunk = self._generation_chunk(request, parser.parse(raw))
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
@@ -504,7 +508,8 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             raise _map_error(exc) from exc
 
     @staticmethod
-    def _generation_chunk(delta: protocol.Delta) -> ChatGenerationChunk:
+    def _generation_chunk(request: dict[str, Any], delta: protocol.Delta) -> ChatGenerationChunk:
+        protocol.check_finish(request, delta.finish_reason)
         message = _convert_delta_to_chunk(delta)
         info: dict[str, Any] = {}
         if delta.finish_reason:
@@ -512,6 +517,35 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         if "logprobs" in delta.metadata:
             info["logprobs"] = delta.metadata["logprobs"]
         return ChatGenerationChunk(message=message, generation_info=info or None)
+
+    # -- token counts (the served model's tokenizer, never a download) -----------------------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the served model's tokenizer (the server's ``/tokenize``,
+        else the model's tokenizer if it is on this machine, else an error at once)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        try:
+            return tokens.tokenize(self._client(), self.model, text=text)
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The prompt's token count as the server renders it (chat template and tools
+        included): the ``usage.input_tokens`` the same call would report."""
+        specs = [convert_to_openai_tool(t) for t in tools or []]
+        try:
+            ids = tokens.tokenize(
+                self._client(),
+                self.model,
+                messages=_convert_messages_to_dicts(messages),
+                tools=specs or None,
+            )
+        except openai.APIError as exc:
+            raise _map_error(exc) from exc
+        return len(ids)
 
     # -- tools and structured output ---------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import openai
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter
 
 from wandb_serverless.api._http import (
     AsyncHTTP,
@@ -41,6 +41,7 @@ from wandb_serverless.api.types import (
     ModelInfo,
     ModelResponse,
     Page,
+    RegisteredModel,
     SFTTrainingConfig,
     SystemCheck,
     TrainingJobEvent,
@@ -134,6 +135,11 @@ class Models(_Resource):
             timeout=CREATE_TIMEOUT_S,
             idempotent=return_existing,  # registering again returns the same model
         )
+
+    def list(self) -> list[RegisteredModel]:
+        """The registered models with their IDs. A local backend extension: W&B's training API
+        has no list (404 there; ``create(..., return_existing=True)`` returns a model's ID)."""
+        return self._call("GET", "/preview/models", list[RegisteredModel])
 
     def delete(self, model_id: str) -> DeleteModelResponse:
         return self._call("DELETE", f"/preview/models/{model_id}", DeleteModelResponse)
@@ -304,6 +310,8 @@ def _parse(response: httpx.Response, cast: Any) -> Any:
             ) from None
     if (isinstance(cast, type) and issubclass(cast, BaseModel)) or hasattr(cast, "model_validate"):
         return cast.model_validate(data)
+    if getattr(cast, "__origin__", None) is not None:  # list[Model] and the like
+        return TypeAdapter(cast).validate_python(data)
     return data
 
 

@@ -43,6 +43,12 @@ class ModelResponse(_Response):
     run_id: str | None = None
 
 
+class RegisteredModel(ModelResponse):
+    """A row of the local backend's model list (its extension of the API)."""
+
+    latest_step: int = 0
+
+
 class DeleteModelResponse(_Response):
     model_id: str
     deleted_checkpoints: int

@@ -107,6 +107,13 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
             return existing.as_response()
         return state.create_model(entity, body.project, body.name, backend.model_id).as_response()
 
+    @app.get("/v1/preview/models", dependencies=dependencies)
+    async def list_models() -> list[dict[str, Any]]:
+        """Local extension (W&B's API has no list): the registered models, oldest first."""
+        return [
+            {**m.as_response(), "latest_step": state.latest_step(m.id)} for m in state.all_models()
+        ]
+
     @app.delete("/v1/preview/models/{model_id}", dependencies=dependencies)
     async def delete_model(model_id: str) -> dict[str, Any]:
         model_or_404(model_id)

@@ -17,6 +17,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from wandb_serverless.api.client import LOCAL_BACKEND
+from wandb_serverless.local.api_tokens import add_token_routes
 from wandb_serverless.local.api_training import adapter_name, add_training_routes
 from wandb_serverless.local.engine import (
     DoneEvent,
@@ -41,6 +42,7 @@ from wandb_serverless.local.trainer import TrainingWorker
 from wandb_serverless.models import CheckpointRef, is_checkpoint
 
 ARGUMENT_FRAGMENT = 16  # characters per streamed tool-argument delta
+MODELS_SHOWN = 10  # in an unknown model's 404
 
 
 @dataclass
@@ -82,14 +84,14 @@ class Backend:
         if name in (None, self.model_id, *DEFAULT_ALIASES):
             return None
         if not is_checkpoint(name):
-            raise HTTPException(404, f"The model `{name}` does not exist.")
+            raise self._unknown(name)
         try:
             ref = CheckpointRef.parse(name)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         model = self.state.find_model(ref.entity, ref.project, ref.name)
         if model is None:
-            raise HTTPException(404, f"The model `{name}` does not exist.")
+            raise self._unknown(name)
         if ref.step == 0:
             return None
         checkpoint = self.state.checkpoint(model.id, ref.step)
@@ -98,6 +100,14 @@ class Backend:
                 return None
             raise HTTPException(404, f"The model `{name}` has no checkpoint at step {ref.step}.")
         return adapter_name(checkpoint.id), checkpoint.path
+
+    def _unknown(self, name: str) -> HTTPException:
+        served = [*DEFAULT_ALIASES, *self.served_models()]
+        shown = ", ".join(served[:MODELS_SHOWN])
+        more = f" and {len(served) - MODELS_SHOWN} more" if len(served) > MODELS_SHOWN else ""
+        return HTTPException(
+            404, f"The model `{name}` does not exist. This server serves: {shown}{more}."
+        )
 
     def prepare(self, body: ChatCompletionRequest) -> tuple[Plan, list[Constraint | None]]:
         """The engine plan and one grammar matcher per choice (runs on a worker thread)."""
@@ -232,6 +242,7 @@ def create_app(
             call.cancel()
 
     add_training_routes(app, backend, authed)
+    add_token_routes(app, backend, authed)
     app.post("/v1/chat/completions", dependencies=authed)(chat)
     app.post("/v1/chat/completions/", dependencies=authed, include_in_schema=False)(chat)
     return app
@@ -358,7 +369,8 @@ class _Call:
         content: str | None = text
         calls: list[ParsedCall] = []
         if self.plan.tool_mode != "none":
-            content, calls = parse_tool_calls(text, self.plan.tool_names)
+            forced_cut = self.plan.tool_mode == "forced" and done.finish_reason == "length"
+            content, calls = parse_tool_calls(text, self.plan.tool_names, cut_off=forced_cut)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = [c.to_openai() for c in calls]
@@ -386,7 +398,9 @@ class _Call:
     async def stream(self) -> AsyncIterator[str]:
         n = len(self.requests)
         parsers = [
-            ToolStreamParser(self.plan.tool_names) if self.plan.tool_mode != "none" else None
+            ToolStreamParser(self.plan.tool_names, forced=self.plan.tool_mode == "forced")
+            if self.plan.tool_mode != "none"
+            else None
             for _ in range(n)
         ]
         pending_lp: list[list[dict]] = [[] for _ in range(n)]

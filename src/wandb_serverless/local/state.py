@@ -141,6 +141,12 @@ class State:
         )
         return ModelRow(*rows[0]) if rows else None
 
+    def all_models(self) -> list[ModelRow]:
+        rows = self._all(
+            "SELECT id, entity, project, name, base_model, run_id FROM models ORDER BY created"
+        )
+        return [ModelRow(*r) for r in rows]
+
     def create_model(self, entity: str, project: str, name: str, base_model: str) -> ModelRow:
         row = ModelRow(str(uuid.uuid4()), entity, project, name, base_model, name)
         with self._tx() as db:

@@ -134,9 +134,33 @@ def _parse_call(raw: str, names: set[str]) -> ParsedCall | None:
     return ParsedCall(obj["name"], args, new_call_id())
 
 
-def parse_tool_calls(text: str, names: set[str]) -> tuple[str | None, list[ParsedCall]]:
+_NAME = r'\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"'
+_PARTIAL = re.compile(_NAME + r'\s*(?:,\s*"arguments"\s*:\s*(?P<args>.*))?', re.S)
+
+
+def cut_off_call(text: str, names: set[str]) -> ParsedCall:
+    """A forced call the length limit cut off: its name when it was written whole, and its
+    arguments so far, which are not valid JSON (clients report an invalid tool call, as
+    ``ChatOpenAI`` does for OpenAI's truncated calls). Never the markup as content."""
+    body = text.split(TOOL_CALL_OPEN, 1)[-1]
+    body = body[: len(body) - _partial_suffix(body, TOOL_CALL_CLOSE)]
+    whole = _parse_call(body, names)
+    if whole is not None:  # only the closing tag was cut: the call itself is complete
+        return whole
+    match = _PARTIAL.match(body)
+    name = json.loads(f'"{match["name"]}"') if match else ""
+    arguments = (match["args"] or "") if match else ""
+    return ParsedCall(name, arguments, new_call_id())
+
+
+def parse_tool_calls(
+    text: str, names: set[str], *, cut_off: bool = False
+) -> tuple[str | None, list[ParsedCall]]:
     """Split model output into content and tool calls (``<tool_call>`` blocks, or a bare
-    ``{"name", "arguments"}`` object as the whole reply)."""
+    ``{"name", "arguments"}`` object as the whole reply). ``cut_off``: the output is a forced
+    call the length limit ended, reported as a call with partial arguments."""
+    if cut_off:
+        return None, [cut_off_call(text, names)]
     calls: list[ParsedCall] = []
     kept: list[str] = []
     position = 0
@@ -160,8 +184,9 @@ class ToolStreamParser:
     """Incremental version of :func:`parse_tool_calls` for streaming: content is released as it
     comes, except text that may open a ``<tool_call>`` block, which is held until decided."""
 
-    def __init__(self, names: set[str]) -> None:
+    def __init__(self, names: set[str], *, forced: bool = False) -> None:
         self.names = names
+        self.forced = forced  # a forced call: one cut off by the length limit stays a call
         self.buffer = ""
         self.inside = False
 
@@ -197,6 +222,8 @@ class ToolStreamParser:
         if self.inside:
             self.inside = False
             call = _parse_call(rest, self.names)
+            if call is None and self.forced:
+                call = cut_off_call(rest, self.names)
             return [call] if call else [TOOL_CALL_OPEN + rest]
         return [rest] if rest else []
 

@@ -463,9 +463,16 @@ class TrainingWorker:
         optimizer.zero_grad()
         return model, optimizer
 
-    def _save(self, job: JobRow, model: Any, optimizer: torch.optim.Optimizer | None = None) -> int:
+    def _save(
+        self,
+        job: JobRow,
+        model: Any,
+        metrics: dict[str, float],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> int:
         """Write the adapter (and the optimizer state, RL only) atomically, then list the
-        checkpoint (before training_ended). Only the latest checkpoint keeps its optimizer."""
+        checkpoint with its training metrics (before training_ended). Only the latest
+        checkpoint keeps its optimizer."""
         previous = self.state.checkpoint(job.model_id, None)
         step = (previous.step if previous else 0) + 1
         target = self.state.adapters_dir / job.model_id / f"step{step}"
@@ -479,6 +486,7 @@ class TrainingWorker:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.state.add_checkpoint(job.model_id, step, target)
+        self.state.set_metrics(job.model_id, step, metrics)
         if previous is not None:
             (Path(previous.path) / OPTIMIZER_FILE).unlink(missing_ok=True)
         if optimizer is not None:
@@ -515,7 +523,7 @@ class TrainingWorker:
             1e-9, time.monotonic() - started
         )
         self.state.add_event(job.id, "gradient_step", metrics)
-        return self._save(job, model, optimizer)
+        return self._save(job, model, metrics, optimizer)
 
     @staticmethod
     def _rl_step(
@@ -619,15 +627,12 @@ class TrainingWorker:
             )
             optimizer.step()
             optimizer.zero_grad()
-            self.state.add_event(
-                job.id,
-                "gradient_step",
-                {
-                    "loss": loss_sum / max(1, tokens),
-                    "grad_norm": grad_norm,
-                    "learning_rate": float(rates[index]),
-                    "num_trainable_tokens": float(tokens),
-                    "step": float(index + 1),
-                },
-            )
-        return self._save(job, model)
+            metrics = {
+                "loss": loss_sum / max(1, tokens),
+                "grad_norm": grad_norm,
+                "learning_rate": float(rates[index]),
+                "num_trainable_tokens": float(tokens),
+                "step": float(index + 1),
+            }
+            self.state.add_event(job.id, "gradient_step", metrics)
+        return self._save(job, model, metrics)  # the checkpoint's: its last gradient step

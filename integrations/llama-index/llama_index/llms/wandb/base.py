@@ -40,6 +40,7 @@ from llama_index.llms.wandb.utils import (
 from pydantic import ConfigDict, ValidationError
 
 from wandb_serverless import chat as protocol
+from wandb_serverless import tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import ENV_API_KEY, ENV_PROJECT, Settings
 
@@ -118,6 +119,12 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
             model_name=self.model,
         )
 
+    @property
+    def tokenizer(self) -> ServedTokenizer:
+        """The served model's tokenizer (``encode(text) -> ids``, LlamaIndex's ``Tokenizer``),
+        e.g. ``Settings.tokenizer = llm.tokenizer.encode``; never a download."""
+        return ServedTokenizer(self)
+
     # -- requests ----------------------------------------------------------------------------
 
     def _client(self, async_client: bool = False) -> Any:
@@ -151,14 +158,20 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         )
 
     @staticmethod
-    def _response(completion: protocol.Completion, raw: Any) -> ChatResponse:
+    def _response(request: dict[str, Any], raw: Any) -> ChatResponse:
+        completion = protocol.parse_completion(raw)[0]
+        usage = completion.usage.output_tokens if completion.usage else None
+        protocol.check_finish(request, completion.finish_reason, usage)
         extra = usage_kwargs(completion.usage)
         for key in ("token_ids", "prompt_token_ids", "finish_reason"):
             if key in completion.metadata:
                 extra[key] = completion.metadata[key]
         return ChatResponse(
             message=assistant_message(
-                completion.content, completion.reasoning, completion.tool_calls
+                completion.content,
+                completion.reasoning,
+                completion.tool_calls,
+                cut_off=completion.finish_reason == "length",
             ),
             raw=protocol.as_dict(raw),
             logprobs=logprobs_of(completion.metadata),
@@ -167,21 +180,20 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        raw = protocol.post(self._client(), self._request(messages, False, **kwargs))
-        return self._response(protocol.parse_completion(raw)[0], raw)
+        request = self._request(messages, False, **kwargs)
+        return self._response(request, protocol.post(self._client(), request))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        client = self._client(async_client=True)
-        raw = await protocol.post(client, self._request(messages, False, **kwargs))
-        return self._response(protocol.parse_completion(raw)[0], raw)
+        request = self._request(messages, False, **kwargs)
+        return self._response(request, await protocol.post(self._client(True), request))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request = self._request(messages, True, **kwargs)
 
         def gen() -> ChatResponseGen:
-            snapshot = _Snapshot()
+            snapshot = _Snapshot(request)
             for raw in protocol.post(self._client(), request):
                 yield snapshot.add(raw)
 
@@ -195,7 +207,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         client = self._client(async_client=True)
 
         async def gen() -> ChatResponseAsyncGen:
-            snapshot = _Snapshot()
+            snapshot = _Snapshot(request)
             async for raw in await protocol.post(client, request):
                 yield snapshot.add(raw)
 
@@ -277,12 +289,19 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        """Tool calls from a response or stream snapshot; partial JSON never raises."""
+        """Tool calls from a response or stream snapshot; partial JSON never raises, except in
+        a finished reply the length limit cut off (a call with half its arguments must not run)."""
         selections = []
+        cut_off = response.additional_kwargs.get("finish_reason") == "length"
         for block in response.message.blocks:
             if block.block_type != "tool_call":
                 continue
             args = block.tool_kwargs
+            if cut_off and isinstance(args, str):
+                _, error = protocol.parse_arguments(args, cut_off=True)
+                if error:
+                    limit = self.max_tokens or "the server's default"
+                    raise ValueError(f"tool call {block.tool_name!r}: {error}, max_tokens={limit}")
             if isinstance(args, str):
                 try:
                     args = parse_partial_json(args) if args.strip() else {}
@@ -412,15 +431,34 @@ def _partial_objects(output_cls: type[Model], texts: Any) -> Generator[Any, None
             yield obj
 
 
+class ServedTokenizer:
+    """``encode`` by the server's ``/tokenize`` (or the model's tokenizer on this machine)."""
+
+    def __init__(self, llm: WandbLLM) -> None:
+        self.llm = llm
+
+    def encode(self, text: str, *args: Any, **kwargs: Any) -> list[int]:
+        return tokens.tokenize(self.llm._client(), self.llm.model, text=text)
+
+    def count_messages(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of ``messages`` as the chat prompt the server builds for them."""
+        ids = tokens.tokenize(
+            self.llm._client(), self.llm.model, messages=to_openai_messages(list(messages))
+        )
+        return len(ids)
+
+
 class _Snapshot:
     """Accumulates stream chunks into the cumulative ChatResponse LlamaIndex expects."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
         self.turn = protocol.StreamAccumulator()
 
     def add(self, raw: Any) -> ChatResponse:
         turn = self.turn
         delta = turn.add(raw)
+        protocol.check_finish(self.request, delta.finish_reason)
         extra: dict[str, Any] = usage_kwargs(turn.usage)
         if turn.prompt_token_ids is not None:
             extra["prompt_token_ids"] = turn.prompt_token_ids
@@ -431,7 +469,12 @@ class _Snapshot:
         if delta.reasoning:
             extra["thinking_delta"] = delta.reasoning
         return ChatResponse(
-            message=assistant_message(turn.content, turn.reasoning or None, turn.tool_calls()),
+            message=assistant_message(
+                turn.content,
+                turn.reasoning or None,
+                turn.tool_calls(),
+                cut_off=turn.finish_reason == "length",
+            ),
             delta=delta.content,
             raw=protocol.as_dict(raw),
             logprobs=logprobs_of({"logprobs": {"content": turn.logprobs}}),

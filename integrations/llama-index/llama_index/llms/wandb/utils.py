@@ -108,17 +108,18 @@ def logprobs_of(metadata: dict[str, Any]) -> list[list[LogProb]] | None:
 
 
 def assistant_message(
-    content: str, reasoning: str | None, calls: list[protocol.ToolCall]
+    content: str, reasoning: str | None, calls: list[protocol.ToolCall], *, cut_off: bool = False
 ) -> ChatMessage:
     """The assistant turn as blocks: thinking, text, then tool calls (arguments kept raw when
-    they are not a JSON object, so nothing the model wrote is lost)."""
+    they are not a JSON object, or the length limit ``cut_off`` the reply, so nothing the model
+    wrote is lost)."""
     blocks: list[Any] = []
     if reasoning:
         blocks.append(ThinkingBlock(content=reasoning))
     if content:
         blocks.append(TextBlock(text=content))
     for call in calls:
-        args, _ = protocol.parse_arguments(call.arguments)
+        args, _ = protocol.parse_arguments(call.arguments, cut_off=cut_off)
         blocks.append(
             ToolCallBlock(
                 tool_call_id=call.id,

@@ -1,0 +1,83 @@
+"""vLLM's ``POST /tokenize`` and ``POST /detokenize``: count and see tokens with the served
+model's own tokenizer (what ``ChatWandb.get_num_tokens`` uses). Same bodies and answers as vLLM's
+server; unlike vLLM's, they need the bearer key like every other route here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from wandb_serverless.local.protocol import BadRequest, ChatCompletionRequest, render_prompt
+
+MAX_TEXT_CHARS = 4_000_000  # the body limit bounds it anyway; a count needs no more
+
+
+class TokenizeRequest(BaseModel):
+    """Either ``prompt`` (text) or ``messages`` (rendered with the chat template, tools inlined,
+    exactly as a chat completion's prompt, so the count is its ``usage.prompt_tokens``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    messages: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: list[int] = Field(max_length=1_000_000)
+
+
+def add_token_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> None:
+    tokenizer = backend.loaded.tokenizer
+
+    def ids_of(body: TokenizeRequest) -> list[int]:
+        if body.prompt is not None:
+            special = True if body.add_special_tokens is None else body.add_special_tokens
+            return tokenizer(body.prompt, add_special_tokens=special).input_ids
+        chat = ChatCompletionRequest(
+            messages=body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        rendered = render_prompt(tokenizer, chat, body.tools or [])
+        return tokenizer(rendered, add_special_tokens=bool(body.add_special_tokens)).input_ids
+
+    @app.post("/tokenize", dependencies=dependencies)
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        backend.resolve_model(body.model)  # an unknown model is a 404, as for chat
+        ids = await asyncio.to_thread(ids_of, body)
+        answer: dict[str, Any] = {
+            "count": len(ids),
+            "max_model_len": backend.engine.context_length,
+            "tokens": ids,
+            "token_strs": tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None,
+        }
+        return answer
+
+    @app.post("/detokenize", dependencies=dependencies)
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        backend.resolve_model(body.model)
+        size = min(backend.engine.vocab_size, len(tokenizer))
+        bad = [t for t in body.tokens if not 0 <= t < size]
+        if bad:
+            raise BadRequest(f"token ids must be between 0 and {size - 1}; got {bad[0]}")
+        return {"prompt": await asyncio.to_thread(tokenizer.decode, body.tokens)}
