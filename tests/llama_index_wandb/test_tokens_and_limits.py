@@ -38,8 +38,9 @@ def test_tokenizer_is_the_served_one_at_once(backend, tokenizer):
     assert time.monotonic() - started < 1.0
     assert ids == tokenizer("Hello from LlamaIndex", add_special_tokens=False).input_ids
     messages = [ChatMessage(role="user", content="Hi there")]
-    assert llm.tokenizer.count_messages(messages) == (
-        llm.chat(messages, max_tokens=1).additional_kwargs["prompt_tokens"]
+    assert (
+        llm.tokenizer.count_messages(messages)
+        == (llm.chat(messages, max_tokens=1).additional_kwargs["prompt_tokens"])
     )
 
 
