@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         docs=args.docs,
         max_body_bytes=args.max_body_bytes,
         sft_data_dir=Path(args.sft_data_dir) if args.sft_data_dir else None,
+        served_model_names=args.served_model_name,
     )
     print(f"serving {app.state.backend.model_id} on http://{args.host}:{args.port}/v1", flush=True)
     if generated:
@@ -261,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sft-data-dir",
         help="a directory SFT jobs may read file:// datasets from (default: none; datasets come "
         "from the artifact store)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        nargs="+",
+        help="more names the model answers to, e.g. a W&B model id (default: "
+        "$WANDB_SERVERLESS_SERVED_MODEL_NAMES, comma-separated)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -57,6 +57,7 @@ class Backend:
     default_max_tokens: int = 512
     default_entity: str = "local"
     preprocess_timeout: float = 30.0
+    aliases: tuple[str, ...] = ()  # more names the model answers to (--served-model-name)
     vocab: Vocabulary = field(init=False)
     token_text: TokenText = field(init=False)
     started: float = field(default_factory=time.time)
@@ -73,7 +74,7 @@ class Backend:
         return self.loaded.model_id
 
     def trainable_base_models(self) -> set[str]:
-        return {self.model_id, *DEFAULT_ALIASES}
+        return {self.model_id, *DEFAULT_ALIASES, *self.aliases}
 
     def resolve_model(self, name: str | None) -> tuple[str, str] | None:
         """(adapter name, path) serving ``name``; None for the base model; unknown names 404.
@@ -81,7 +82,7 @@ class Backend:
         ``wandb-artifact:///e/p/name:stepN`` pins a step; ``:latest`` or no suffix is the newest
         checkpoint; ``:step0``, or a model with no checkpoint yet, is the base model.
         """
-        if name in (None, self.model_id, *DEFAULT_ALIASES):
+        if name in (None, self.model_id, *DEFAULT_ALIASES, *self.aliases):
             return None
         if not is_checkpoint(name):
             raise self._unknown(name)
@@ -126,7 +127,7 @@ class Backend:
             str(CheckpointRef.of(m.entity, m.project, m.name, step))
             for m, step in self.state.all_checkpoints()
         ]
-        return [self.model_id, *checkpoints]
+        return [self.model_id, *self.aliases, *checkpoints]
 
 
 def _auth(request: Request) -> None:

@@ -21,6 +21,9 @@ from wandb_serverless.local.guard import DEFAULT_MAX_BODY_BYTES
 log = logging.getLogger(__name__)
 ENV_DATA_DIR = "WANDB_SERVERLESS_DATA_DIR"
 ENV_MODEL_CACHE = "WANDB_SERVERLESS_MODEL_CACHE"
+#: Comma-separated extra names the served model answers to (vLLM's --served-model-name), e.g.
+#: a W&B model id, so code written for W&B runs here with configuration only.
+ENV_SERVED_MODEL_NAMES = "WANDB_SERVERLESS_SERVED_MODEL_NAMES"
 
 
 def default_data_dir() -> Path:
@@ -43,11 +46,14 @@ def build_app(
     docs: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     sft_data_dir: Path | None = None,
+    served_model_names: list[str] | None = None,
 ) -> Any:
     """Load the model, start its engine, and return the FastAPI app serving them.
 
     ``sft_data_dir``: the one directory outside the artifact store that SFT jobs may read
     ``file://`` datasets from (none by default). ``docs``: serve /docs and /openapi.json.
+    ``served_model_names``: more names for the model (default: ``$WANDB_SERVERLESS_SERVED_MODEL_NAMES``),
+    for chat and as a trainable base model.
     """
     from wandb_serverless.local import loader
     from wandb_serverless.local.app import Backend, create_app
@@ -71,8 +77,13 @@ def build_app(
         worker,
         default_max_tokens=default_max_tokens,
         default_entity=entity,
+        aliases=tuple(served_model_names if served_model_names is not None else _env_names()),
     )
     return create_app(backend, docs=docs, max_body_bytes=max_body_bytes)
+
+
+def _env_names() -> list[str]:
+    return [n.strip() for n in os.environ.get(ENV_SERVED_MODEL_NAMES, "").split(",") if n.strip()]
 
 
 class LocalBackend:
