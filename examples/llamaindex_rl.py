@@ -188,7 +188,8 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
                 turns += trainable_turns(store, tag)
                 if any(g.has_signal() for g in groups):
                     break
-            result = tm.train_rl(groups)
+            config = {"learning_rate": args.lr} if args.lr else None  # None: the backend's
+            result = tm.train_rl(groups, config)
             held_out = await evaluate(backend, tm.ref, args.temperature)
             curve.append((step, held_out))
             trainable = len(groups) - result.dropped_groups
@@ -246,6 +247,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the backend's, 5e-4)"
+    )
     parser.add_argument("--out", default=str(HERE.parent / "demo-output" / "llamaindex"))
     parser.add_argument("--summary", help="write the curve and timings to this JSON file")
     return parser.parse_args()

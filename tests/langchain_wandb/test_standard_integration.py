@@ -82,6 +82,13 @@ class TestChatWandbIntegration(ChatModelIntegrationTests):
         super().test_structured_output_pydantic_2_v1(model)
 
     @pytest.mark.xfail(
+        reason=_LOOPS + "; it passed before only because a cut-off {'setup': ...} parsed as a "
+        "partial object (punchline is optional), now a LengthFinishReasonError as for ChatOpenAI"
+    )
+    def test_structured_output_optional_param(self, model) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @pytest.mark.xfail(
         reason="with a free-form json_object grammar SmolLM2-135M nests {'setup': {'setup': ...}} until max_tokens"
     )
     def test_json_mode(self, model) -> None:

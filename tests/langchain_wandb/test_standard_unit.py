@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_wandb import ChatWandb
@@ -23,3 +24,14 @@ class TestChatWandbUnit(ChatModelUnitTests):
             {"model": "meta-llama/Llama-3.1-8B-Instruct"},
             {"api_key": "api_key", "project": "me/agents"},
         )
+
+    @pytest.mark.xfail(
+        reason="langchain-core's load(allowed_objects='all') admits only the classes in its own "
+        "mapping of partner packages, which cannot list an out-of-tree package; the snapshot "
+        "matches, and the same round trip with allowed_objects=[ChatWandb] passes in "
+        "test_profile_and_serialization.py",
+        raises=ValueError,
+        strict=True,
+    )
+    def test_serdes(self, model, snapshot) -> None:
+        super().test_serdes(model, snapshot)

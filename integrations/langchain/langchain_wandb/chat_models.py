@@ -20,7 +20,7 @@ from langchain_core.exceptions import (
     ModelRateLimitError,
     ModelTimeoutError,
 )
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import LanguageModelInput, ModelProfile
 from langchain_core.language_models.chat_models import (
     BaseChatModel,
     LangSmithParams,
@@ -49,7 +49,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from wandb_serverless import chat as protocol
-from wandb_serverless import tokens
+from wandb_serverless import profiles, tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings
 
@@ -328,9 +328,23 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     def model_name(self) -> str:
         return self.model
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """Tool calling, constrained structured output, tool-call streaming for every model;
+        the context window and reasoning of known W&B models (``wandb_serverless.profiles``)."""
+        return ModelProfile(**profiles.model_profile(self.model))  # type: ignore[typeddict-item]
+
     @classmethod
     def is_lc_serializable(cls) -> bool:
-        return False
+        """``dumpd``/``loads`` round-trip it, as ChatOpenAI; the key is a secret reference."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_wandb", "chat_models"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": "WANDB_API_KEY"}
 
     @property
     def _default_params(self) -> dict[str, Any]:

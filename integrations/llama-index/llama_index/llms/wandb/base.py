@@ -31,7 +31,6 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import BaseTool
 from llama_index.core.types import Model
 from llama_index.llms.wandb.utils import (
-    CONTEXT_WINDOWS,
     assistant_message,
     logprobs_of,
     to_openai_messages,
@@ -40,7 +39,7 @@ from llama_index.llms.wandb.utils import (
 from pydantic import ConfigDict, ValidationError
 
 from wandb_serverless import chat as protocol
-from wandb_serverless import tokens
+from wandb_serverless import profiles, tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import ENV_API_KEY, ENV_PROJECT, Settings
 
@@ -65,7 +64,9 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     """
 
     model: str = Field(default="default", description="Model id or wandb-artifact:/// reference.")
-    api_key: SecretStr | None = Field(default=None, description=f"W&B API key ({ENV_API_KEY}).")
+    api_key: SecretStr | None = Field(
+        default=None, exclude=True, description=f"W&B API key ({ENV_API_KEY}; never serialised)."
+    )
     base_url: str | None = Field(default=None, alias="api_base", description="Chat endpoint.")
     project: str | None = Field(default=None, description=f"entity/project ({ENV_PROJECT}).")
     timeout: float | None = Field(default=None, description="Seconds per request.")
@@ -112,7 +113,8 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window
-            or CONTEXT_WINDOWS.get(self.model, DEFAULT_CONTEXT_WINDOW),
+            or profiles.context_window(self.model)
+            or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_tokens or -1,
             is_chat_model=True,
             is_function_calling_model=True,

@@ -18,19 +18,6 @@ from llama_index.core.base.llms.types import (
 
 from wandb_serverless import chat as protocol
 
-#: Context windows of W&B-served models, when the server does not report ``max_model_len``.
-CONTEXT_WINDOWS = {
-    "meta-llama/Llama-3.1-8B-Instruct": 128_000,
-    "meta-llama/Llama-3.1-70B-Instruct": 128_000,
-    "meta-llama/Llama-3.3-70B-Instruct": 128_000,
-    "OpenPipe/Qwen3-14B-Instruct": 32_768,
-    "Qwen/Qwen3-30B-A3B-Instruct-2507": 262_144,
-    "Qwen/Qwen3-235B-A22B-Instruct-2507": 262_144,
-    "openai/gpt-oss-20b": 131_072,
-    "openai/gpt-oss-120b": 131_072,
-    "HuggingFaceTB/SmolLM2-135M-Instruct": 8_192,
-}
-
 
 def _image_url(block: ImageBlock) -> str:
     if block.url:
