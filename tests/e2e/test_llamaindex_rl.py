@@ -44,7 +44,14 @@ async def test_a_run_trains_on_both_model_turns_with_the_tool_result_masked(
     # the loop is under test here, not learning: vary the reward by the answer's length
     monkeypatch.setattr(example, "reward", lambda answer, city: float(len(answer) % 2))
     args = argparse.Namespace(
-        steps=1, groups=1, group_size=6, max_rounds=2, temperature=1.0, seed=5, out=str(tmp_path)
+        steps=1,
+        groups=1,
+        group_size=6,
+        max_rounds=2,
+        temperature=1.0,
+        seed=5,
+        out=str(tmp_path),
+        lr=None,
     )
     result = await example.train_loop(backend, args, time.monotonic())
     tm = result["model"]

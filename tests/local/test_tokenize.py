@@ -38,6 +38,8 @@ def test_messages_count_is_the_chat_prompt(http, oai):
         ("/tokenize", {"prompt": "a", "model": "gpt-4o"}, 404),
         ("/tokenize", {"prompt": "a", "unknown_field": 1}, 422),
         ("/tokenize", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400),
+        ("/tokenize", {"messages": [{"role": ["user"], "content": "b"}]}, 400),  # fuzz found
+        ("/tokenize", {"messages": [{"content": "no role"}]}, 400),
         ("/detokenize", {"tokens": [-1]}, 400),
         ("/detokenize", {"tokens": [10**12]}, 400),
         ("/detokenize", {"tokens": "abc"}, 422),

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wandb_serverless.local.protocol import BadRequest, ChatCompletionRequest, render_prompt
 
@@ -52,12 +52,16 @@ def add_token_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> Non
         if body.prompt is not None:
             special = True if body.add_special_tokens is None else body.add_special_tokens
             return tokenizer(body.prompt, add_special_tokens=special).input_ids
-        chat = ChatCompletionRequest(
-            messages=body.messages,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            chat_template_kwargs=body.chat_template_kwargs,
-        )
+        try:  # the chat request's own checks (roles...), as a 400 rather than a crash
+            chat = ChatCompletionRequest(
+                messages=body.messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                chat_template_kwargs=body.chat_template_kwargs,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(str(e.get("msg", "")) for e in exc.errors())
+            raise BadRequest(f"invalid messages: {problems}") from None
         rendered = render_prompt(tokenizer, chat, body.tools or [])
         return tokenizer(rendered, add_special_tokens=bool(body.add_special_tokens)).input_ids
 
