@@ -28,10 +28,12 @@ SCENARIOS = {
     "llamaindex": ("examples/llamaindex_rl.py", "LlamaIndex FunctionAgent, two tools, two turns"),
 }
 RESET = "WANDB_SERVERLESS_RESET_OPTIMIZER"
-SWEEP = {  # label -> (extra arguments of examples/demo.py, environment)
-    "lr 1e-3": (["--lr", "1e-3"], {}),
+SWEEP = {  # label -> (scenario, extra arguments of its script, environment)
+    "lr 1e-3": ("demo", ["--lr", "1e-3"], {}),
     # the old recipe: a fresh AdamW per RL job (every step a sign-gradient step of size lr)
-    "lr 1e-3, fresh optimizer per step": (["--lr", "1e-3"], {RESET: "1"}),
+    "lr 1e-3, fresh optimizer per step": ("demo", ["--lr", "1e-3"], {RESET: "1"}),
+    "lr 5e-4 (the backend's)": ("llamaindex", ["--lr", "0"], {}),
+    "T=0.7, lr 5e-4 (the first recipe)": ("llamaindex", ["--temperature", "0.7", "--lr", "0"], {}),
 }
 START, END = "<!-- learning:start -->", "<!-- learning:end -->"
 
@@ -78,11 +80,15 @@ def subsections(results: dict, sweep: dict) -> dict[str, list[str]]:
             *TABLE_HEAD,
             *(row("defaults", seed, result) for seed, result in runs),
         ]
-    if sweep:
-        out["### Recipe sweep, `examples/demo.py`"] = [
-            *TABLE_HEAD,
-            *(row(label, seed, result) for label, runs in sweep.items() for seed, result in runs),
+    for name in SCENARIOS:
+        rows = [
+            row(label, seed, result)
+            for label, runs in sweep.items()
+            if SWEEP[label][0] == name
+            for seed, result in runs
         ]
+        if rows:
+            out[f"### Recipe sweep, `{SCENARIOS[name][0]}`"] = [*TABLE_HEAD, *rows]
     return out
 
 
@@ -91,7 +97,8 @@ INTRO = [
     "",
     "Each run in its own process, one at a time, on this machine's cores. Held-out reward, after",
     "each RL step, on prompts never trained on: demo, greedy answers for 24 cities; LlamaIndex,",
-    "2 seeded samples at T=0.7 for 12 cities. Each table says when it was run.",
+    "2 seeded samples at the agent's temperature (T=1.0) for 12 cities. Each table says when it",
+    "was run.",
 ]
 
 
@@ -135,7 +142,9 @@ def write(results: dict, sweep: dict) -> None:
     results_md = HERE / "RESULTS.md"
     text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
     match = re.search(r"## Learning.*?(?=\n## |\Z)", text, flags=re.S)
-    learning = match.group(0) if match else "\n".join(INTRO) + "\n"
+    learning = match.group(0) if match else ""
+    sections = learning[learning.index("\n### ") :] if "\n### " in learning else ""
+    learning = "\n".join(INTRO) + "\n" + sections  # the intro is always this script's
     stamp = f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores."
     for title, lines in subsections(results, sweep).items():
         block = "\n".join([title, "", stamp, "", *lines]) + "\n"
@@ -167,8 +176,9 @@ def main() -> dict[str, float]:
         results[name] = [(seed, run(SCENARIOS[name][0], seed, [])) for seed in args.seeds]
         write({name: results[name]}, {})
     sweep = {
-        label: [(seed, run(SCENARIOS["demo"][0], seed, extra, env)) for seed in args.seeds]
-        for label, (extra, env) in (SWEEP.items() if args.sweep else [])
+        label: [(seed, run(SCENARIOS[name][0], seed, extra, env)) for seed in args.seeds]
+        for label, (name, extra, env) in (SWEEP.items() if args.sweep else [])
+        if name in args.scenarios
     }
     if sweep:
         write({}, sweep)
