@@ -153,6 +153,7 @@ def write(results: dict, sweep: dict) -> None:
             learning = pattern.sub(lambda _, b=block: b.rstrip("\n"), learning)
         else:
             learning = learning.rstrip("\n") + "\n\n" + block
+    learning = re.sub(r"\n+(?=### )", "\n\n", learning)  # one blank line before each table
     if match:
         text = text[: match.start()] + learning.rstrip("\n") + "\n" + text[match.end() :]
     else:

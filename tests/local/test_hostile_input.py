@@ -377,6 +377,21 @@ def test_artifact_paths_cannot_leave_the_data_dir(backend, path):
     assert {p for p in data_dir.parent.rglob("*")} == before
 
 
+def test_a_dataset_that_is_not_unicode_is_a_400_and_leaves_nothing_behind(backend):
+    """A lone surrogate (valid JSON, not Unicode) in a published dataset: before, the half-written
+    version directory stayed and made the next publish of that name a 500."""
+    connection = Connection(backend)
+    path = "/local/artifacts/e/p/surrogates"
+    bad = '{"rows": [{"messages": [{"role": "user", "content": "\\ud800"}]}]}'
+    status, body, alive = connection.send("POST", path, bad)
+    assert status == 400 and "Unicode" in body["detail"] and alive
+    status, body, _ = connection.send("POST", path, json.dumps({"rows": [{"messages": HELLO}]}))
+    assert status == 200 and body["url"].endswith("surrogates:v0")
+    store = Path(backend.app.state.backend.state.artifacts_dir) / "e" / "p" / "surrogates"
+    assert sorted(p.name for p in store.iterdir()) == ["v0"]
+    connection.close()
+
+
 def test_a_symlink_out_of_the_artifact_store_is_refused(backend, tmp_path):
     state = backend.app.state.backend.state
     outside = tmp_path / "outside"

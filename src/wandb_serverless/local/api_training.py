@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,14 +224,18 @@ def add_training_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> 
             (int(p.name[1:]) for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)), default=-1
         )
         target = base / f"v{version}"
-        tmp = base / f".v{version}.tmp"
-        tmp.mkdir()
+        # encoded before anything is written: text that is not Unicode (a lone surrogate) is
+        # a 400 (the app's UnicodeEncodeError handler) and leaves no half-written version
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in body.rows)
-        (tmp / body.filename).write_text(lines, encoding="utf-8")
-        (tmp / "metadata.json").write_text(
-            json.dumps({"format": "jsonl", "rows": len(body.rows), **body.metadata})
-        )
-        Path(tmp).rename(target)
+        data = lines.encode("utf-8")
+        meta = json.dumps({"format": "jsonl", "rows": len(body.rows), **body.metadata}).encode()
+        tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=base))
+        try:
+            (tmp / body.filename).write_bytes(data)
+            (tmp / "metadata.json").write_bytes(meta)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return {
             "url": f"wandb-artifact:///{entity}/{project}/{name}:v{version}",
             "version": f"v{version}",
