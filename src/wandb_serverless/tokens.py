@@ -46,7 +46,6 @@ def tokenize(
         body["messages"] = messages
         if tools:
             body["tools"] = tools
-    why = "it has no /tokenize endpoint"
     if root not in _NO_ENDPOINT:
         try:
             answer = client.with_options(max_retries=0, timeout=TOKENIZE_TIMEOUT_S).post(
@@ -63,7 +62,7 @@ def tokenize(
     tokenizer = _local_tokenizer(model)
     if tokenizer is None:
         raise TokenizerUnavailableError(
-            f"cannot count tokens for {model!r}: the server at {root} cannot ({why}) and no "
+            f"cannot count tokens for {model!r}: the server at {root} has no /tokenize and no "
             "tokenizer for that model is on this machine (none is downloaded); pass "
             "custom_get_token_ids=..., or use a Hugging Face model id whose tokenizer is cached"
         )

@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "llamaindex_rl.py"
 
 
 def load_example():
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports the demo's summary line, as when run
     spec = importlib.util.spec_from_file_location("llamaindex_rl", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["llamaindex_rl"] = module
