@@ -149,7 +149,46 @@ async def evaluate(backend: LocalBackend, model: str, temperature: float) -> flo
     return sum(scores) / len(scores)
 
 
+async def sample_step(
+    backend: LocalBackend,
+    args: argparse.Namespace,
+    model: str,
+    tag: str,
+    rng: random.Random,
+    store: RolloutStore,
+) -> dict:
+    """One step's training rollouts: rounds of ``groups`` cities × ``group_size`` runs, until a
+    group has a reward that differs (at most ``max_rounds``)."""
+    groups, rewards, turns = [], [], []
+    for round_ in range(args.max_rounds):
+        round_tag = f"{tag}-r{round_}"
+        rewards += await asyncio.gather(
+            *(
+                run_agent(
+                    backend,
+                    model,
+                    city,
+                    temperature=args.temperature,
+                    seed=rng.randrange(1 << 30),
+                    group=f"{round_tag}-{city}",
+                    store=store,
+                )
+                for city in rng.sample(TRAIN_CITIES, args.groups)
+                for _ in range(args.group_size)
+            )
+        )
+        groups += [
+            g for g in store.groups() if str(g.metadata.get("group", "")).startswith(round_tag)
+        ]
+        turns += trainable_turns(store, round_tag)
+        if any(g.has_signal() for g in groups):
+            break
+    return {"groups": groups, "rewards": rewards, "turns": turns}
+
+
 async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: float) -> dict:
+    """Each checkpoint is evaluated while the next step's rollouts sample from it: one engine
+    batch for both (the engine's throughput grows with the batch), the same numbers."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tm = TrainableModel(
@@ -160,61 +199,45 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     handler = RolloutEventHandler(store=store).install()
     rng = random.Random(args.seed)
     run_id = uuid.uuid4().hex[:8]
-    curve = [(0, await evaluate(backend, tm.ref, args.temperature))]
+    curve: list[tuple[int, float]] = []
+    steps: list[dict] = []
     print(
         f"\n{'step':>4} {'train reward':>12} {'groups':>7} {'turns':>6} {'held-out':>9} {'total':>6}"
     )
-    print(
-        f"{0:>4} {'':>12} {'':>7} {'':>6} {curve[0][1]:>9.2f} {time.monotonic() - started:>5.0f}s"
-    )
-    steps = []
+
+    def report(step: int, held_out: float, trained: dict | None) -> None:
+        curve.append((step, held_out))
+        elapsed = time.monotonic() - started
+        if trained is None:
+            print(f"{step:>4} {'':>12} {'':>7} {'':>6} {held_out:>9.2f} {elapsed:>5.0f}s")
+            return
+        trained.update(step=step, held_out=held_out, elapsed_s=elapsed)
+        steps.append(trained)
+        print(
+            f"{step:>4} {trained['train_reward']:>12.2f} "
+            f"{trained['trainable_groups']:>4}/{trained['groups']:<2} "
+            f"{trained['trainable_turns']:>6.1f} {held_out:>9.2f} {elapsed:>5.0f}s"
+        )
+
     try:
+        trained = None
         for step in range(1, args.steps + 1):
             model = tm.ref
-            groups, rewards, turns = [], [], []
-            for round_ in range(args.max_rounds):
-                tag = f"{run_id}-step{step}-r{round_}"
-                jobs = [
-                    run_agent(
-                        backend,
-                        model,
-                        city,
-                        temperature=args.temperature,
-                        seed=rng.randrange(1 << 30),
-                        group=f"{tag}-{city}",
-                        store=store,
-                    )
-                    for city in rng.sample(TRAIN_CITIES, args.groups)
-                    for _ in range(args.group_size)
-                ]
-                rewards += await asyncio.gather(*jobs)
-                groups += [
-                    g for g in store.groups() if str(g.metadata.get("group", "")).startswith(tag)
-                ]
-                turns += trainable_turns(store, tag)
-                if any(g.has_signal() for g in groups):
-                    break
+            held_out, sampled = await asyncio.gather(
+                evaluate(backend, model, args.temperature),
+                sample_step(backend, args, model, f"{run_id}-step{step}", rng, store),
+            )
+            report(step - 1, held_out, trained)
             config = {"learning_rate": args.lr} if args.lr else None  # 0/None: the backend's
-            result = tm.train_rl(groups, config)
-            held_out = await evaluate(backend, tm.ref, args.temperature)
-            curve.append((step, held_out))
-            trainable = len(groups) - result.dropped_groups
-            mean_turns = sum(turns) / max(1, len(turns))
-            print(
-                f"{step:>4} {sum(rewards) / len(rewards):>12.2f} {trainable:>4}/{len(groups):<2} "
-                f"{mean_turns:>6.1f} {held_out:>9.2f} {time.monotonic() - started:>5.0f}s"
-            )
-            steps.append(
-                {
-                    "step": step,
-                    "train_reward": sum(rewards) / len(rewards),
-                    "trainable_groups": trainable,
-                    "groups": len(groups),
-                    "trainable_turns": mean_turns,
-                    "held_out": held_out,
-                    "elapsed_s": time.monotonic() - started,
-                }
-            )
+            result = tm.train_rl(sampled["groups"], config)
+            rewards, turns = sampled["rewards"], sampled["turns"]
+            trained = {
+                "train_reward": sum(rewards) / len(rewards),
+                "trainable_groups": len(sampled["groups"]) - result.dropped_groups,
+                "groups": len(sampled["groups"]),
+                "trainable_turns": sum(turns) / max(1, len(turns)),
+            }
+        report(args.steps, await evaluate(backend, tm.ref, args.temperature), trained)
     finally:
         handler.uninstall()
     return {"model": tm, "curve": curve, "steps": steps}

@@ -225,50 +225,64 @@ def batch_logprobs(model: Any, samples: list[Sample]) -> list[torch.Tensor]:
     return list(logprobs.split([len(s.ids) - s.start for s in samples]))
 
 
-def shared_prompt_logprobs(model: Any, samples: list[Sample]) -> list[torch.Tensor]:
-    """Like :func:`batch_logprobs` for samples that share one prompt (a GRPO group): the prompt
-    runs once (gradients flow through its KV cache), the completions run as one batch."""
+def shared_prefix_logprobs(model: Any, samples: list[Sample], prefix: int) -> list[torch.Tensor]:
+    """Like :func:`batch_logprobs` for samples whose first ``prefix`` tokens are the same (a
+    GRPO group's prompt; the system prompt and tools of every turn of a multi-turn agent): the
+    prefix runs once (gradients flow through its KV cache), the rest runs as one padded batch."""
+    if prefix < 1:
+        return batch_logprobs(model, samples)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    start = samples[0].start
-    prompt = torch.tensor([samples[0].ids[: start - 1]])
-    out = inner.model(input_ids=prompt, use_cache=True)
+    out = inner.model(input_ids=torch.tensor([samples[0].ids[:prefix]]), use_cache=True)
     cache = out.past_key_values
     cache.batch_repeat_interleave(len(samples))
-    lengths = [len(s.ids) - start for s in samples]
+    lengths = [len(s.ids) - 1 - prefix for s in samples]  # inputs after the prefix
     longest = max(lengths)
     inputs = torch.zeros(len(samples), longest, dtype=torch.long)
-    mask = torch.zeros(len(samples), start - 1 + longest, dtype=torch.long)
-    mask[:, : start - 1] = 1
+    mask = torch.zeros(len(samples), prefix + longest, dtype=torch.long)
+    mask[:, :prefix] = 1
     for row, sample in enumerate(samples):
-        inputs[row, : lengths[row]] = torch.tensor(sample.ids[start - 1 : -1])
-        mask[row, start - 1 : start - 1 + lengths[row]] = 1
-    positions = torch.arange(start - 1, start - 1 + longest)[None].expand(len(samples), -1)
+        inputs[row, : lengths[row]] = torch.tensor(sample.ids[prefix:-1])
+        mask[row, prefix : prefix + lengths[row]] = 1
+    positions = torch.arange(prefix, prefix + longest)[None].expand(len(samples), -1)
     hidden = inner.model(
         input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache
     ).last_hidden_state
-    rows = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
-    cols = torch.cat([torch.arange(n) for n in lengths])
-    targets = torch.cat([torch.tensor(s.ids[start:]) for s in samples])
+    rows = torch.cat([torch.full((len(s.ids) - s.start,), i) for i, s in enumerate(samples)])
+    cols = torch.cat([torch.arange(s.start - 1 - prefix, len(s.ids) - 1 - prefix) for s in samples])
+    targets = torch.cat([torch.tensor(s.ids[s.start :]) for s in samples])
     logits = inner.lm_head(hidden[rows, cols]).float()
     logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-    return list(logprobs.split(lengths))
+    return list(logprobs.split([len(s.ids) - s.start for s in samples]))
 
 
-def batches_by_prompt(samples: list[Sample], max_tokens: int = 4096) -> list[list[Sample]]:
-    """Samples grouped by identical prompt (to share its forward pass), split to stay under
-    ``max_tokens`` completion tokens per batch."""
-    by_prompt: dict[tuple[int, ...], list[Sample]] = {}
-    for sample in samples:
-        by_prompt.setdefault(tuple(sample.ids[: sample.start]), []).append(sample)
-    batches: list[list[Sample]] = []
-    for group in by_prompt.values():
-        batch: list[Sample] = []
-        for sample in group:
-            if batch and sum(len(s.ids) - s.start for s in (*batch, sample)) > max_tokens:
-                batches.append(batch)
-                batch = []
-            batch.append(sample)
-        batches.append(batch)
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def prefix_batches(samples: list[Sample], max_tokens: int = 4096) -> list[tuple[int, list[Sample]]]:
+    """Samples packed into batches that share a token prefix, as ``(prefix length, batch)``.
+
+    Sorted by their tokens, neighbours share the longest prefixes; a batch ends where the next
+    sample would halve its prefix or take it over ``max_tokens`` padded tokens after the prefix.
+    The prefix stops before every sample's first completion token, whose logprob needs the
+    position before it.
+    """
+    ordered = sorted(samples, key=lambda s: s.ids)
+    batches: list[tuple[int, list[Sample]]] = []
+    prefix, batch = 0, []
+    for sample in ordered:
+        if batch:
+            shared = min(prefix, _common_prefix(batch[0].ids, sample.ids), sample.start - 1)
+            longest = max(len(s.ids) for s in (*batch, sample)) - shared
+            if shared >= prefix // 2 and longest * (len(batch) + 1) <= max_tokens:
+                prefix = shared
+                batch.append(sample)
+                continue
+            batches.append((prefix, batch))
+        prefix, batch = sample.start - 1, [sample]
+    if batch:
+        batches.append((prefix, batch))
     return batches
 
 
@@ -534,8 +548,8 @@ class TrainingWorker:
         high = float(config.get("epsilon_high") or low)
         total_tokens = sum(len(s.ids) - s.start for s in samples)
         loss_sum, clipped, ratio_sum = 0.0, 0.0, 0.0
-        for batch in batches_by_prompt(samples):
-            logprobs = (shared_prompt_logprobs if len(batch) > 1 else batch_logprobs)(model, batch)
+        for prefix, batch in prefix_batches(samples):
+            logprobs = shared_prefix_logprobs(model, batch, prefix)
             batch_loss = torch.zeros(())
             for sample, new in zip(batch, logprobs, strict=True):
                 old = torch.tensor(sample.old_logprobs) if sample.old_logprobs else new.detach()
