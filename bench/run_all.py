@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,6 +34,92 @@ TARGETS = {
 }
 
 
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+README_ROWS = [  # (what, measured, target), formatted with this run's results
+    (
+        "ChatWandb invoke overhead over the raw `openai` SDK "
+        "(ChatOpenAI: {chatopenai_invoke_overhead_us:+.0f} µs)",
+        "{chatwandb_invoke_overhead_us:+.0f} µs",
+        "≤ 0.5× ChatOpenAI's",
+    ),
+    (
+        "ChatWandb stream overhead (ChatOpenAI: {chatopenai_stream_overhead_us:+.0f} µs)",
+        "{chatwandb_stream_overhead_us:+.0f} µs",
+        "≤ 0.5× ChatOpenAI's",
+    ),
+    (
+        "WandbLLM chat overhead (OpenAILike: {openailike_chat_overhead_us:+.0f} µs)",
+        "{wandbllm_chat_overhead_us:+.0f} µs",
+        "≤ 0.5× OpenAILike's",
+    ),
+    (
+        "trace hook per LLM call, recording on vs off",
+        "{hook_cost_us:+.0f} µs, {hook_cost_fraction:.1%} of an agent step",
+        "≤ 100 µs, ≤ 3%",
+    ),
+    (
+        "500 concurrent rollouts, recording on vs off (median of 30 paired bursts, quartiles)",
+        "{concurrent_throughput_ratio:.2f}× ({concurrent_ratio_quartile_low:.2f}–"
+        "{concurrent_ratio_quartile_high:.2f}), {concurrent_rollouts_lost:.0f} lost",
+        "≥ 0.8×, 0 lost",
+    ),
+    (
+        "local engine, single stream vs raw `model.generate`",
+        "{single_vs_raw_ratio:.2f}×",
+        "≥ 0.95×",
+    ),
+    (
+        "local engine, 8 / 16 concurrent vs single stream",
+        "{concurrent8_vs_single:.1f}× / {concurrent16_vs_single:.1f}×",
+        "≥ 3.5× / ≥ 5×",
+    ),
+    ("json_schema constrained decoding vs free", "{constrained_slowdown:.1%} slower", "≤ 15%"),
+    (
+        "RL step (16 trajectories × ~250 tokens) vs a raw peft loop",
+        "{rl_step_vs_raw_peft:.2f}× the time",
+        "≤ 1.2×",
+    ),
+]
+
+
+def readme_table(results: dict[str, float], date: str) -> str:
+    lines = [
+        f"Run {date} on {os.cpu_count()} cores by `make bench` (the same run as bench/RESULTS.md):",
+        "",
+        "| what | measured | target |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {w.format(**results)} | {m.format(**results)} | {t} |" for w, m, t in README_ROWS]
+    return "\n".join(lines)
+
+
+def results_on_file() -> tuple[dict[str, float], str]:
+    """The metrics of bench/RESULTS.md's tables, and the date of their run."""
+    text = (HERE / "RESULTS.md").read_text()
+    values = {k: float(v) for k, v in re.findall(r"^\| (\w+) \| (-?[\d.]+) \|", text, re.M)}
+    date = re.search(r"^Run (\d{4}-\d\d-\d\d) on", text, re.M)
+    return values, date.group(1) if date else datetime.date.today().isoformat()
+
+
+def write_readme(results: dict[str, float], date: str) -> None:
+    readme = HERE.parent / "README.md"
+    block = f"{README_START}\n{readme_table(results, date)}\n{README_END}"
+    readme.write_text(
+        bench_learning.replace_block(readme.read_text(), README_START, README_END, block)
+    )
+
+
+def kept_sections(written: dict) -> str:
+    """The sections of RESULTS.md this script does not write (the learning runs' tables, the
+    Weave figures: other scripts own them), as they were."""
+    path = HERE / "RESULTS.md"
+    if not path.exists():
+        return ""
+    parts = re.split(r"^(?=## )", path.read_text(), flags=re.M)
+    others = [p for p in parts if p.startswith("## ") and p[3:].split("\n", 1)[0] not in written]
+    return "".join("\n" + p.strip("\n") + "\n" for p in others)
+
+
 def main() -> None:
     sections = {
         "Adapter overhead (µs, medians of 400 interleaved rounds)": bench_adapter_overhead.run(),
@@ -58,11 +145,18 @@ def main() -> None:
             met = "" if check is None else ("yes" if check(value) else "**no**")
             lines.append(f"| {key} | {value:.3f} | {target} | {met} |")
         lines.append("")
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + kept_sections(sections))
     print("\n".join(lines))
+    write_readme(
+        {k: v for results in sections.values() for k, v in results.items()},
+        datetime.date.today().isoformat(),
+    )
     # the learning runs (minutes each) append their own section, and the README's demo table
     bench_learning.main()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--readme-only"]:  # the README's table from the results on file
+        write_readme(*results_on_file())
+    else:
+        main()
