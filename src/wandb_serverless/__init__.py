@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from wandb_serverless.training import TrainableModel, TrainResult, plot_reward_curve
+from wandb_serverless.weave_training import WeaveTrainer
 
-__all__ = ["TrainResult", "TrainableModel", "__version__", "plot_reward_curve"]
+__all__ = ["TrainResult", "TrainableModel", "WeaveTrainer", "__version__", "plot_reward_curve"]

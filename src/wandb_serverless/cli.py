@@ -174,21 +174,85 @@ def _rollouts_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _train_rl(args: argparse.Namespace) -> int:
-    from wandb_serverless.training import follow_job, trainable_groups
+def _weave_rollouts(args: argparse.Namespace) -> Any:
+    from wandb_serverless.rollouts.weave_source import WeaveRollouts
 
+    return WeaveRollouts(args.from_weave)
+
+
+def _rollouts_import(args: argparse.Namespace) -> int:
+    """Copy exported rollouts from Weave into a local store (again: the same rows, no copies)."""
+    from wandb_serverless.rollouts import RolloutStore
+
+    store = RolloutStore(args.store)
+    count = 0
+    for found in _weave_rollouts(args).rollouts(group=args.group):
+        group = found.trajectory.metadata.get("group")
+        store.save(
+            found.trajectory, group=None if group is None else str(group), exception=found.exception
+        )
+        count += 1
+    _print({"imported": count, "store": str(args.store), "from": args.from_weave})
+    return EXIT_OK
+
+
+def _rl_job(client: Any, model_id: str, groups: list, learning_rate: float | None) -> Any:
+    """One RL job on these groups, followed to its end: the TrainResult."""
+    from wandb_serverless.training import TrainResult, follow_job
+
+    config = {"learning_rate": learning_rate} if learning_rate else None
+    job = client.training_jobs.create(
+        model_id=model_id, trajectory_groups=groups, experimental_config=config
+    )
+    metrics = follow_job(client, job.id, "RL step")
+    return TrainResult(_latest_step(client, model_id), metrics, job.id)
+
+
+def _train_rl_from_weave(args: argparse.Namespace) -> int:
+    """Steps on what Weave holds, each rollout once (claims and marks: weave_training)."""
+    from wandb_serverless.training import TrainResult, trainable_groups
+    from wandb_serverless.weave_training import WeaveTrainer
+
+    client = _client(args)
+
+    def train(groups: list) -> Any:
+        kept, dropped = trainable_groups(groups)
+        if not kept:  # consumed all the same: these rollouts carry no gradient
+            return TrainResult(_latest_step(client, args.model_id), dropped_groups=dropped)
+        return _rl_job(client, args.model_id, kept, args.learning_rate)
+
+    trainer = WeaveTrainer(
+        None,
+        _weave_rollouts(args),
+        state_file=args.state_file,
+        min_group_size=args.min_group_size,
+        train=train,
+        latest_step=lambda: _latest_step(client, args.model_id),
+    )
+    steps = trainer.run(
+        poll_s=args.poll, max_steps=None if args.watch else 1, idle_polls=None if args.watch else 1
+    )
+    for result in steps:
+        _print({"job_id": result.job_id, "step": result.step, "metrics": result.metrics})
+    if not steps:
+        _print({"trained": 0, "from": args.from_weave})
+    return EXIT_OK
+
+
+def _train_rl(args: argparse.Namespace) -> int:
+    from wandb_serverless.training import trainable_groups
+
+    if args.from_weave:
+        return _train_rl_from_weave(args)
+    if not args.groups:
+        raise ValueError("pass --groups FILE or --from-weave ENTITY/PROJECT")
     groups, dropped = trainable_groups(json.loads(Path(args.groups).read_text()))
     if dropped:
         print(f"dropped {dropped} group(s) with no reward variance", file=sys.stderr)
     if not groups:
         raise ValueError("no group has reward variance: nothing to train")
-    client = _client(args)
-    config = {"learning_rate": args.learning_rate} if args.learning_rate else None
-    job = client.training_jobs.create(
-        model_id=args.model_id, trajectory_groups=groups, experimental_config=config
-    )
-    metrics = follow_job(client, job.id, "RL step")
-    _print({"job_id": job.id, "step": _latest_step(client, args.model_id), "metrics": metrics})
+    result = _rl_job(_client(args), args.model_id, groups, args.learning_rate)
+    _print({"job_id": result.job_id, "step": result.step, "metrics": result.metrics})
     return EXIT_OK
 
 
@@ -197,8 +261,15 @@ def _train_sft(args: argparse.Namespace) -> int:
 
     client = _client(args)
     url = args.data
-    if not url.startswith(("wandb-artifact:", "file://")):
+    if args.from_weave:
+        rows = _sft_rows_from_weave(args)
+        if not rows:
+            raise ValueError(f"no SFT rows in Weave project {args.from_weave}")
+    elif not url:
+        raise ValueError("pass --data FILE|URL or --from-weave ENTITY/PROJECT")
+    elif not url.startswith(("wandb-artifact:", "file://")):
         rows = [json.loads(line) for line in Path(url).read_text().splitlines() if line.strip()]
+    if args.from_weave or not url.startswith(("wandb-artifact:", "file://")):
         entity, project, name = args.dataset.split("/")
         url = client.local_artifacts.publish(rows, entity=entity, project=project, name=name)["url"]
     config = {
@@ -212,6 +283,19 @@ def _train_sft(args: argparse.Namespace) -> int:
     metrics = follow_job(client, job.id, "SFT")
     _print({"job_id": job.id, "step": _latest_step(client, args.model_id), "metrics": metrics})
     return EXIT_OK
+
+
+def _sft_rows_from_weave(args: argparse.Namespace) -> list[dict]:
+    """Rows from the rollouts this package exported, or (``--traces``) from the chat calls
+    Weave's own integrations traced."""
+    if args.traces:
+        from wandb_serverless.rollouts.weave_traces import WeaveTraces
+
+        traces = WeaveTraces(args.from_weave)
+        return traces.sft_rows(top_k_per_prompt=args.top_k, min_score=args.min_reward)
+    return _weave_rollouts(args).export_sft_rows(
+        top_k_per_group=args.top_k, min_reward=args.min_reward
+    )
 
 
 def _latest_step(client: Any, model_id: str) -> int:
@@ -340,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-reward", type=float, help="sft: only trajectories at or above this reward"
     )
     export.set_defaults(handler=_rollouts_export)
+    importing = rollouts.add_parser(
+        "import", help="copy the rollouts exported to a Weave project into a local store"
+    )
+    importing.add_argument("--from-weave", required=True, metavar="ENTITY/PROJECT")
+    importing.add_argument("--store", required=True, help="the RolloutStore SQLite file")
+    importing.add_argument("--group", help="only this group")
+    importing.set_defaults(handler=_rollouts_import)
 
     train = commands.add_parser("train", help="start a training job and follow it").add_subparsers(
         dest="action", required=True
@@ -348,18 +439,43 @@ def build_parser() -> argparse.ArgumentParser:
         train, "rl", "one RL step on trajectory groups (from `rollouts export --format rl`)"
     )
     train_rl.add_argument("--model-id", required=True)
+    train_rl.add_argument("--groups", help="JSON file with a list of trajectory groups")
     train_rl.add_argument(
-        "--groups", required=True, help="JSON file with a list of trajectory groups"
+        "--from-weave",
+        metavar="ENTITY/PROJECT",
+        help="train on the rollouts exported there, each once (instead of --groups)",
     )
+    train_rl.add_argument(
+        "--state-file",
+        default=".wandb-serverless/weave-trainer.json",
+        help="--from-weave: this trainer's name, read position and step in flight",
+    )
+    train_rl.add_argument(
+        "--min-group-size", type=int, default=2, help="--from-weave: smaller groups wait"
+    )
+    train_rl.add_argument(
+        "--watch", action="store_true", help="--from-weave: keep polling for new rollouts"
+    )
+    train_rl.add_argument("--poll", type=float, default=30.0, help="--watch: seconds between polls")
     train_rl.add_argument("--learning-rate", type=float)
     train_rl.set_defaults(handler=_train_rl)
     train_sft = api(
         train, "sft", "SFT on a train.jsonl (published to the local store) or an artifact URL"
     )
     train_sft.add_argument("--model-id", required=True)
+    train_sft.add_argument("--data", help="train.jsonl path, or wandb-artifact:/// URL")
     train_sft.add_argument(
-        "--data", required=True, help="train.jsonl path, or wandb-artifact:/// URL"
+        "--from-weave",
+        metavar="ENTITY/PROJECT",
+        help="rows from a Weave project (instead of --data)",
     )
+    train_sft.add_argument(
+        "--traces",
+        action="store_true",
+        help="--from-weave: from the chat calls Weave's integrations traced, not exported rollouts",
+    )
+    train_sft.add_argument("--top-k", type=int, default=1, help="--from-weave: best k per group")
+    train_sft.add_argument("--min-reward", type=float, help="--from-weave: rows at least this good")
     train_sft.add_argument(
         "--dataset", default="local/datasets/train", help="entity/project/name to publish a file as"
     )

@@ -6,7 +6,6 @@ import inspect
 
 import pytest
 import weave  # the [weave] extra, which `make test` installs
-from support.weave_fake import FakeTraceServer, weave_client
 
 from wandb_serverless.rollouts import LLMCall, rollout
 from wandb_serverless.rollouts.recorder import WEAVE_GUARD, make_choice
@@ -26,16 +25,6 @@ def choice(content=None, calls=None):
     body = {"content": content, **({"tool_calls": calls} if calls else {})}
     finish = "tool_calls" if calls else "stop"
     return make_choice(body, finish_reason=finish, logprobs=LOGPROBS, token_ids=[7])
-
-
-@pytest.fixture
-def traced():
-    server = FakeTraceServer()
-    client = weave_client(server)
-    yield server, client
-    from weave.trace.context import weave_client_context
-
-    weave_client_context.set_weave_client_global(None)
 
 
 def test_weave_surface_this_export_relies_on():

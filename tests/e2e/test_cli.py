@@ -5,15 +5,30 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from support.fixtures import sampled_rollouts
+from support.weave_fake import HTTPTraceServer, http_weave_client
 
-from wandb_serverless.rollouts import LLMCall, RolloutStore, rollout
-from wandb_serverless.rollouts.recorder import make_choice
+from wandb_serverless.rollouts import RolloutStore
+
+TESTS = Path(__file__).resolve().parents[1]
+# `--from-weave` logs in with weave.init(project); offline, the process gets the client
+# weave.init would make (the real one, over HTTP to a loopback trace server) ready instead
+WEAVE_LOGGED_IN = (
+    "import sys; sys.path.insert(0, {tests!r}); from support.weave_fake import http_weave_client;"
+    " http_weave_client({url!r}); from wandb_serverless.cli import main; sys.exit(main())"
+)
 
 
-def cli(*args: str, backend=None, check: bool = True) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, backend=None, check: bool = True, weave_url: str | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "wandb_serverless.cli", *args]
+    if weave_url is not None:
+        login = WEAVE_LOGGED_IN.format(tests=str(TESTS), url=weave_url)
+        command = [sys.executable, "-c", login, *args]
     if backend is not None:
         command += ["--base-url", backend.base_url, "--api-key", backend.api_key]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -100,31 +115,7 @@ def test_models_checkpoints_train_and_jobs_commands(backend, tmp_path):
 
 def test_rollouts_list_and_export_and_train_rl(backend, oai, tmp_path):
     store = RolloutStore(tmp_path / "rollouts.db")
-    reply = oai.chat.completions.create(
-        model="default",
-        messages=[{"role": "user", "content": "Name a color."}],
-        n=2,
-        max_tokens=8,
-        logprobs=True,
-        extra_body={"return_token_ids": True},
-    )
-    for choice, reward in zip(reply.choices, (1.0, 0.0), strict=True):
-        with rollout(group="colors", store=store) as run:
-            data = choice.model_dump(mode="json")
-            run.add_call(
-                LLMCall(
-                    [{"role": "user", "content": "Name a color."}],
-                    None,
-                    make_choice(
-                        data["message"],
-                        finish_reason=data["finish_reason"],
-                        logprobs=data["logprobs"],
-                        token_ids=data["token_ids"],
-                        prompt_token_ids=reply.model_extra["prompt_token_ids"],
-                    ),
-                )
-            )
-            run.reward = reward
+    sampled_rollouts(oai, 2, store=store)
     listing = [
         json.loads(line)
         for line in cli("rollouts", "list", "--store", str(store.path)).stdout.splitlines()
@@ -156,6 +147,39 @@ def test_rollouts_list_and_export_and_train_rl(backend, oai, tmp_path):
         ).stdout.splitlines()[-1]
     )
     assert result["step"] >= 1 and result["metrics"]["num_trainable_tokens"] > 0
+
+
+def test_import_and_train_from_weave_each_rollout_once(backend, oai, tmp_path):
+    from weave.trace.context import weave_client_context
+
+    with HTTPTraceServer() as trace:
+        client = http_weave_client(trace.url)
+        try:
+            sampled_rollouts(oai, 2, weave=client)
+            client.flush()
+        finally:
+            weave_client_context.set_weave_client_global(None)
+        store = tmp_path / "imported.db"
+        for _ in range(2):  # twice: the same rows, no copies
+            imported = json.loads(
+                cli("rollouts", "import", "--from-weave", "team/agents", "--store", str(store),
+                    weave_url=trace.url).stdout
+            )  # fmt: skip
+        assert imported["imported"] == 2
+        assert sorted(t.reward for t in RolloutStore(store).query()) == [0.0, 1.0]
+        model = json.loads(
+            cli("models", "create", "weave-rl", "--project", "cli", "--base-model", "default",
+                "--return-existing", backend=backend).stdout
+        )  # fmt: skip
+        train = ["train", "rl", "--model-id", model["id"], "--from-weave", "team/agents"]
+        train += ["--state-file", str(tmp_path / "trainer.json")]
+        first = json.loads(cli(*train, backend=backend, weave_url=trace.url).stdout)
+        assert first["step"] == 1 and first["metrics"]["num_trainable_tokens"] > 0
+        again = json.loads(cli(*train, backend=backend, weave_url=trace.url).stdout)
+        assert again == {"trained": 0, "from": "team/agents"}
+        sft = ["train", "sft", "--model-id", model["id"], "--from-weave", "team/agents"]
+        tuned = json.loads(cli(*sft, backend=backend, weave_url=trace.url).stdout.splitlines()[-1])
+        assert tuned["step"] == 2
 
 
 @pytest.mark.parametrize(

@@ -64,3 +64,46 @@ def test_registers_and_deletes_a_model():
         assert model.id and model.entity
     finally:
         client.models.delete(model.id)
+
+
+def test_rollouts_round_trip_through_weave_and_train_once(tmp_path):
+    """Export two rollouts of one group to a scratch Weave project, read them back with their
+    tokens, and take them with a trainer: claimed and marked once (the step itself is the
+    recording stub: no training job on W&B from a test)."""
+    import weave
+
+    from wandb_serverless.rollouts import LLMCall, rollout
+    from wandb_serverless.rollouts.recorder import make_choice
+    from wandb_serverless.rollouts.weave_source import WeaveRollouts
+    from wandb_serverless.training import TrainResult
+    from wandb_serverless.weave_training import WeaveTrainer
+
+    entity = os.environ.get("WANDB_ENTITY")
+    project = f"{entity}/wandb-serverless-live-{uuid.uuid4().hex[:8]}"
+    client = weave.init(project)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    logprobs = {"content": [{"token": "token_id:5", "logprob": -0.5, "top_logprobs": []}]}
+    for reward in (0.0, 1.0):
+        with rollout(group=group, weave=True) as run:
+            choice = make_choice(
+                {"content": "hi"}, finish_reason="stop", logprobs=logprobs, token_ids=[5],
+                prompt_token_ids=[1, 2],
+            )  # fmt: skip
+            run.add_call(LLMCall([{"role": "user", "content": "hello"}], None, choice))
+            run.reward = reward
+    client.flush()
+    source = WeaveRollouts(client=client)
+    (read,) = source.groups(group=group)
+    assert sorted(t.reward for t in read.trajectories) == [0.0, 1.0]
+    assert read.trajectories[0].messages_and_choices[-1].model_extra["token_ids"] == [5]
+    taken: list[str] = []
+
+    def train(groups):
+        taken.extend(t.metadata["weave_call_id"] for g in groups for t in g.trajectories)
+        return TrainResult(1)
+
+    trainer = WeaveTrainer(
+        None, source, state_file=tmp_path / "t.json", train=train, latest_step=lambda: 0
+    )
+    assert trainer.step() is not None and len(taken) == 2
+    assert trainer.step() is None and len(taken) == 2

@@ -165,7 +165,10 @@ def parse_tool_calls(
     kept: list[str] = []
     position = 0
     for match in _BLOCK.finditer(text):
-        call = _parse_call(match.group(1), names)
+        raw = match.group(1)
+        if match.end() == len(text) and not text.endswith(TOOL_CALL_CLOSE):
+            raw = raw[: len(raw) - _partial_suffix(raw, TOOL_CALL_CLOSE)]  # the tag was cut
+        call = _parse_call(raw, names)
         if call is None:
             continue
         kept.append(text[position : match.start()])
@@ -221,7 +224,9 @@ class ToolStreamParser:
         rest, self.buffer = self.buffer, ""
         if self.inside:
             self.inside = False
-            call = _parse_call(rest, self.names)
+            call = _parse_call(
+                rest[: len(rest) - _partial_suffix(rest, TOOL_CALL_CLOSE)], self.names
+            )
             if call is None and self.forced:
                 call = cut_off_call(rest, self.names)
             return [call] if call else [TOOL_CALL_OPEN + rest]

@@ -3,6 +3,8 @@
 from wandb_serverless.rollouts.recorder import LLMCall, Rollout, current_rollout, rollout
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
+from wandb_serverless.rollouts.weave_source import WeaveRollouts
+from wandb_serverless.rollouts.weave_traces import WeaveTraces
 
 __all__ = [
     "Choice",
@@ -12,6 +14,8 @@ __all__ = [
     "RolloutStore",
     "Trajectory",
     "TrajectoryGroup",
+    "WeaveRollouts",
+    "WeaveTraces",
     "current_rollout",
     "rollout",
 ]

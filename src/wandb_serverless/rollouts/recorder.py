@@ -244,7 +244,9 @@ class Rollout:
         if self.weave is not None and self.weave is not False:
             from wandb_serverless.rollouts.weave_export import log_trajectory
 
-            WEAVE_GUARD.run(log_trajectory, self.trajectory, client=self.weave)
+            WEAVE_GUARD.run(
+                log_trajectory, self.trajectory, client=self.weave, exception=self.exception
+            )
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)

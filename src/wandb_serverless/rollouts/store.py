@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
@@ -213,24 +214,15 @@ class RolloutStore:
         A rollout that raised goes to its group's ``exceptions`` only, as in ART: kept as a
         reward-0 trajectory it would skew the group's advantages and count the failure twice.
         """
-        by_group: dict[str, list[Trajectory]] = defaultdict(list)
-        exceptions: dict[str, list[dict]] = defaultdict(list)
-        for grp, data, exception in self._select("grp, data, exception", metadata=metadata):
-            trajectory = Trajectory.model_validate_json(data)
-            name = grp if grp is not None else trajectory.metadata.get("group")
-            if name is None:
-                continue
-            if exception is not None:
-                exceptions[str(name)].append(json.loads(exception))
-                by_group.setdefault(str(name), [])
-            else:
-                by_group[str(name)].append(trajectory)
-        return [
-            TrajectoryGroup(
-                trajectories=items, exceptions=exceptions.get(name, []), metadata={"group": name}
+        rows = self._select("grp, data, exception", metadata=metadata)
+        return collect_groups(
+            (
+                grp,
+                Trajectory.model_validate_json(data),
+                json.loads(exception) if exception else None,
             )
-            for name, items in by_group.items()
-        ]
+            for grp, data, exception in rows
+        )
 
     def export_rl_groups(self, **filters: Any) -> list[dict[str, Any]]:
         """Groups as JSON, ready for ``trajectory_groups`` of an RL job."""
@@ -241,17 +233,36 @@ class RolloutStore:
     ) -> list[dict[str, Any]]:
         """``train.jsonl`` rows (``messages`` ending with the assistant, ``tools``) from the best
         trajectories: the top ``k`` of each group by reward, and/or those above ``min_reward``."""
-        picked: list[Trajectory] = []
-        for group in self.groups():
-            ranked = sorted(group.trajectories, key=lambda t: t.reward, reverse=True)
-            picked += ranked[:top_k_per_group] if top_k_per_group else ranked
-        if min_reward is not None:
-            picked = [t for t in picked if t.reward >= min_reward]
-        return [row for t in picked if (row := sft_row(t)) is not None]
+        return best_sft_rows(self.groups(), top_k_per_group=top_k_per_group, min_reward=min_reward)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def collect_groups(
+    rows: Iterable[tuple[str | None, Trajectory, dict[str, Any] | None]],
+) -> list[TrajectoryGroup]:
+    """``(group, trajectory, exception)`` rows as groups, in first-seen order: the group is the
+    row's or the trajectory's ``metadata["group"]``; ungrouped rows are left out; a rollout
+    that raised goes to its group's ``exceptions`` only."""
+    by_group: dict[str, list[Trajectory]] = defaultdict(list)
+    exceptions: dict[str, list[dict]] = defaultdict(list)
+    for grp, trajectory, exception in rows:
+        name = grp if grp is not None else trajectory.metadata.get("group")
+        if name is None:
+            continue
+        if exception is not None:
+            exceptions[str(name)].append(exception)
+            by_group.setdefault(str(name), [])
+        else:
+            by_group[str(name)].append(trajectory)
+    return [
+        TrajectoryGroup(
+            trajectories=items, exceptions=exceptions.get(name, []), metadata={"group": name}
+        )
+        for name, items in by_group.items()
+    ]
 
 
 def _settle(batch: list[tuple[tuple, Any]], exc: BaseException | None) -> None:
@@ -274,6 +285,23 @@ def _row(trajectory: Trajectory, group: str | None, exception: dict | None) -> t
         json.dumps(exception) if exception else None,
         trajectory.model_dump_json(),
     )
+
+
+def best_sft_rows(
+    groups: Iterable[TrajectoryGroup],
+    *,
+    top_k_per_group: int | None = None,
+    min_reward: float | None = None,
+) -> list[dict[str, Any]]:
+    """SFT rows of the top ``k`` trajectories of each group by reward, and/or of those with at
+    least ``min_reward``."""
+    picked: list[Trajectory] = []
+    for group in groups:
+        ranked = sorted(group.trajectories, key=lambda t: t.reward, reverse=True)
+        picked += ranked[:top_k_per_group] if top_k_per_group else ranked
+    if min_reward is not None:
+        picked = [t for t in picked if t.reward >= min_reward]
+    return [row for t in picked if (row := sft_row(t)) is not None]
 
 
 def sft_row(trajectory: Trajectory) -> dict[str, Any] | None:

@@ -6,6 +6,11 @@ call per model turn (inputs: the messages and tools it saw; output: the turn, lo
 token ids included) and one ``history`` child per additional history. The reward goes on the
 root as ``reward`` feedback, so Weave's UI can filter and sort rollouts by it.
 
+``wandb_serverless.rollouts.weave_source`` reads these traces back into trajectory groups: each
+``chat`` call carries its ``turn`` (its place among the history's assistant turns) as an
+attribute, the root's output holds the whole conversation, and the rollout's exception if it
+raised.
+
 ``pip install 'wandb-serverless[weave]'``; then ``weave.init("entity/project")`` and pass
 ``weave=True`` to ``rollout(...)`` (or a ``WeaveClient``), or call ``log_trajectory`` later,
 e.g. after a judge scored the group.
@@ -17,20 +22,26 @@ from typing import Any
 
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, choice_to_message
 
+ROLLOUT_OP, CHAT_OP, HISTORY_OP = "rollout", "chat", "history"
 
-def _client(client: Any) -> Any:
+
+def connect(project: str | None = None, client: Any = None) -> Any:
+    """The WeaveClient to use: ``client``, the one ``weave.init`` made (for ``project``, when
+    given), or a new one, ``weave.init(project)``."""
     if client is not None and client is not True:
         return client
     try:
         import weave
     except ImportError as exc:
         raise ImportError(
-            "Weave export needs the weave package: pip install 'wandb-serverless[weave]'"
+            "Weave needs the weave package: pip install 'wandb-serverless[weave]'"
         ) from exc
     found = weave.get_client() if hasattr(weave, "get_client") else None
-    if found is None:
+    if found is not None and project in (None, found.project, f"{found.entity}/{found.project}"):
+        return found
+    if project is None:
         raise RuntimeError("no Weave client: call weave.init('entity/project') first")
-    return found
+    return weave.init(project)
 
 
 def _turn(item: Choice | dict[str, Any]) -> dict[str, Any]:
@@ -40,22 +51,28 @@ def _turn(item: Choice | dict[str, Any]) -> dict[str, Any]:
 def _log_history(client: Any, history: History, parent: Any) -> None:
     """One ``chat`` child call per model turn, each with the context it was given."""
     seen: list[dict[str, Any]] = []
+    turn = 0
     for item in history.messages_and_choices:
         is_model_turn = isinstance(item, Choice) or item.get("role") == "assistant"
         if is_model_turn:
             call = client.create_call(
-                "chat",
+                CHAT_OP,
                 {"messages": list(seen), "tools": history.tools},
                 parent=parent,
+                attributes={"turn": turn},
                 use_stack=False,
             )
+            turn += 1
             client.finish_call(call, _turn(item))
         seen.append(choice_to_message(item) if isinstance(item, Choice) else item)
 
 
-def log_trajectory(trajectory: Trajectory, *, client: Any = None) -> str:
-    """Log one trajectory as a Weave trace; returns the root call's id."""
-    client = _client(client)
+def log_trajectory(
+    trajectory: Trajectory, *, client: Any = None, exception: dict[str, str] | None = None
+) -> str:
+    """Log one trajectory as a Weave trace (``exception``: what the rollout raised, if it did);
+    returns the root call's id."""
+    client = connect(client=client)
     metadata = dict(trajectory.metadata)
     messages = trajectory.messages()
     opening = []
@@ -64,16 +81,20 @@ def log_trajectory(trajectory: Trajectory, *, client: Any = None) -> str:
             break
         opening.append(message)
     root = client.create_call(
-        "rollout",
+        ROLLOUT_OP,
         {"messages": opening, "tools": trajectory.tools, "metadata": metadata},
         attributes={k: v for k, v in metadata.items() if v is not None},
         display_name=f"rollout {metadata.get('group') or metadata.get('rollout_id', '')}".strip(),
         use_stack=False,
     )
     _log_history(client, trajectory, root)
-    for side in trajectory.additional_histories:
+    for index, side in enumerate(trajectory.additional_histories):
         child = client.create_call(
-            "history", {"messages": side.messages()[:1]}, parent=root, use_stack=False
+            HISTORY_OP,
+            {"messages": side.messages()[:1], "tools": side.tools},
+            parent=root,
+            attributes={"history": index},
+            use_stack=False,
         )
         _log_history(client, side, child)
         client.finish_call(child, {"messages": side.messages()})
@@ -85,6 +106,7 @@ def log_trajectory(trajectory: Trajectory, *, client: Any = None) -> str:
             "metrics": trajectory.metrics,
             "trainable": trajectory.is_trainable(),
             "logs": trajectory.logs,
+            "exception": exception,
         },
     )
     root.feedback.add("reward", {"value": trajectory.reward})
