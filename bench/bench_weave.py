@@ -93,12 +93,13 @@ class Sizes:
 
 
 def reading(url: str) -> dict[str, float]:
-    client = http_weave_client(url)
+    client = http_weave_client(url, project="read")  # its own project: only these rollouts
     started = time.perf_counter()
     for i in range(ROLLOUTS):
         record(client, f"g{i // 8}", float(i % 2))
     client.flush()
     export_s = time.perf_counter() - started
+    print(f"{ROLLOUTS} rollouts exported in {export_s:.0f} s", flush=True)
     sizes = Sizes(client.server)
     client.server = sizes
     started = time.perf_counter()
@@ -118,7 +119,7 @@ def reading(url: str) -> dict[str, float]:
 
 
 def export_cost(url: str) -> dict[str, float]:
-    client = http_weave_client(url)
+    client = http_weave_client(url, project="cost")
 
     def burst(weave) -> float:
         started = time.perf_counter()
@@ -151,7 +152,10 @@ def run() -> dict[str, float]:
     ready.wait(60)
     url = url_box.get(timeout=10)
     try:
-        return {**export_cost(url), **reading(url)}
+        started = time.perf_counter()
+        cost = export_cost(url)
+        print(f"export cost measured in {time.perf_counter() - started:.0f} s", flush=True)
+        return {**cost, **reading(url)}
     finally:
         stop.set()
         server.join(timeout=10)
@@ -164,8 +168,10 @@ def write(results: dict[str, float]) -> None:
         f"## {TITLE}",
         "",
         f"Run {time.strftime('%Y-%m-%d')}: {ROLLOUTS:,} two-turn rollouts ({TOKENS} tokens a "
-        f"turn, logprobs and token ids), pages of {PAGE} roots; export cost per rollout as "
-        f"medians of {ROUNDS} paired rounds of {PER_ROUND}.",
+        f"turn, 300-token prompts, logprobs and token ids), read in pages of {PAGE} roots; "
+        f"export cost per rollout in the agent's thread as medians of {ROUNDS} paired rounds "
+        f"of {PER_ROUND}. The server is the tests' Python fake in its own process, so read_s "
+        "includes its queries (each scans the whole project), not W&B's.",
         "",
         "| metric | value |",
         "| --- | --- |",

@@ -9,7 +9,7 @@ import weave  # the [weave] extra, which `make test` installs
 
 from wandb_serverless.rollouts import LLMCall, rollout
 from wandb_serverless.rollouts.recorder import WEAVE_GUARD, make_choice
-from wandb_serverless.rollouts.weave_export import log_trajectory
+from wandb_serverless.rollouts.weave_export import log_trajectory, unpack_turn
 
 LOGPROBS = {"content": [{"token": "token_id:7", "logprob": -0.2, "bytes": [1], "top_logprobs": []}]}
 USER = {"role": "user", "content": "weather in Paris?"}
@@ -59,7 +59,9 @@ def test_a_rollout_becomes_a_weave_trace_with_its_reward_as_feedback(traced):
     first = next(
         c for c in chats if c.parent_id == root.id and c.output["message"].get("tool_calls")
     )
-    assert first.output["token_ids"] == [7] and first.output["logprobs"]["content"]
+    assert isinstance(first.output["exact_tokens"], str)  # one string: cheap for Weave to log
+    tokens = unpack_turn(dict(first.output))
+    assert tokens["token_ids"] == [7] and tokens["logprobs"]["content"]
     assert first.inputs["messages"] == [USER]
     (feedback,) = server.feedback
     assert feedback["feedback_type"] == "reward" and feedback["payload"] == {"value": 0.75}

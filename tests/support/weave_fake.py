@@ -138,12 +138,17 @@ class FakeTraceServer:
     def query_calls(self, req: Any) -> list[dict[str, Any]]:
         """The calls a ``calls_query_stream`` request asks for, as plain dicts."""
         self.queries += 1
-        wanted = req.get("filter") or {}
+        wanted = {
+            k: set(v) if k in ("call_ids", "trace_ids", "parent_ids") and v is not None else v
+            for k, v in (req.get("filter") or {}).items()
+        }
         expr = (req.get("query") or {}).get("$expr")
         with self._lock:
             calls = [dict(c) for c in self.calls.values() if "op_name" in c]
         found = []
         for call in calls:
+            if call.get("project_id", req["project_id"]) != req["project_id"]:
+                continue
             if wanted.get("call_ids") is not None and call["id"] not in wanted["call_ids"]:
                 continue
             if wanted.get("trace_ids") is not None and call["trace_id"] not in wanted["trace_ids"]:
@@ -335,7 +340,7 @@ class HTTPTraceServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(http_app(self.server), log_level="warning", lifespan="off")
+        config = uvicorn.Config(http_app(self.server), log_level=os.environ.get("FAKE_WEAVE_LOG", "warning"), lifespan="off")
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True

@@ -21,7 +21,13 @@ from typing import Any
 
 from wandb_serverless.rollouts.store import best_sft_rows, collect_groups
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
-from wandb_serverless.rollouts.weave_export import CHAT_OP, HISTORY_OP, ROLLOUT_OP, connect
+from wandb_serverless.rollouts.weave_export import (
+    CHAT_OP,
+    HISTORY_OP,
+    ROLLOUT_OP,
+    connect,
+    unpack_turn,
+)
 
 RewardFn = Callable[[list[dict[str, Any]], Trajectory], float | None]
 DEFAULT_PAGE_SIZE = 500
@@ -257,6 +263,8 @@ def _history(messages: list[dict[str, Any]], chats: list[dict[str, Any]]) -> lis
             continue
         recorded = next(turns, None)
         output = (recorded or {}).get("output")
+        if isinstance(output, dict):
+            output = unpack_turn(output)
         if isinstance(output, dict) and "finish_reason" in output and "message" in output:
             items.append(Choice.model_validate(output))
         else:
