@@ -340,7 +340,7 @@ class HTTPTraceServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(http_app(self.server), log_level=os.environ.get("FAKE_WEAVE_LOG", "warning"), lifespan="off")
+        config = uvicorn.Config(http_app(self.server), log_level="warning", lifespan="off")
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True
