@@ -240,6 +240,8 @@ def test_a_real_agent_rollout_exports_to_weave_with_exact_tokens(llm, tokenizer)
     from support.weave_fake import FakeTraceServer, weave_client
     from weave.trace.context import weave_client_context
 
+    from wandb_serverless.rollouts.weave_export import unpack_turn
+
     server = FakeTraceServer()
     client = weave_client(server)
     try:
@@ -255,7 +257,7 @@ def test_a_real_agent_rollout_exports_to_weave_with_exact_tokens(llm, tokenizer)
     ]
     assert len(chats) == len(run.trajectory.choices()) >= 2
     for chat in chats:
-        ids = chat.output["token_ids"]
-        assert len(chat.output["logprobs"]["content"]) == len(ids)
+        turn = unpack_turn(dict(chat.output))  # the tokens travel as one string
+        assert len(turn["logprobs"]["content"]) == len(turn["token_ids"]) > 0
     assert chats[0].inputs["tools"][0]["function"]["name"] == "get_weather"
     assert server.feedback[-1]["payload"] == {"value": 1.0}
