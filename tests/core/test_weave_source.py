@@ -179,3 +179,17 @@ def test_weave_surface_the_reader_and_trainer_rely_on():
 
     parsed = _parse_summary({"weave": {"feedback": [{"created_at": "2026-01-01T00:00:00Z"}]}})
     assert parsed["weave"]["feedback"][0]["created_at"].year == 2026
+
+
+def test_a_root_that_is_not_a_trajectory_is_left_out_not_fatal(traced):
+    server, client = traced
+    record(None, client, "g", 1)
+    client.flush()
+    (good,) = server.query_calls({"project_id": "local/test", "filter": {"trace_roots_only": True}})
+    server.calls["bad"] = {
+        **good, "id": "bad", "trace_id": "bad-trace",
+        "output": {"messages": [{"role": "assistant", "content": 5}], "reward": "high"},
+    }  # fmt: skip
+    source = WeaveRollouts(client=client)
+    assert [len(g.trajectories) for g in source.groups()] == [1]
+    assert source.unreadable == 1

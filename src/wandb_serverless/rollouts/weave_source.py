@@ -15,9 +15,12 @@ whole project in one response.
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from wandb_serverless.rollouts.store import best_sft_rows, collect_groups
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
@@ -29,6 +32,7 @@ from wandb_serverless.rollouts.weave_export import (
     unpack_turn,
 )
 
+log = logging.getLogger(__name__)
 RewardFn = Callable[[list[dict[str, Any]], Trajectory], float | None]
 DEFAULT_PAGE_SIZE = 500
 
@@ -152,6 +156,7 @@ class WeaveRollouts:
         self.client = connect(project, client)
         self.reward = reward or newest_reward
         self.page_size = page_size
+        self.unreadable = 0  # roots left out because they are not a trajectory
 
     @property
     def project(self) -> str:
@@ -207,7 +212,14 @@ class WeaveRollouts:
                 below.setdefault(call["parent_id"], []).append(call)
         for root in roots:
             feedback = feedback_of(root)
-            trajectory = rebuild(root, below)
+            try:
+                trajectory = rebuild(root, below)
+            except (ValidationError, TypeError, ValueError, AttributeError) as exc:
+                # another op named ``rollout``, or a trace edited by hand: left out, never the
+                # reason the other rollouts cannot be read
+                self.unreadable += 1
+                log.warning("rollout %s is not one this package exported: %s", root["id"], exc)
+                continue
             reward = self.reward(feedback, trajectory)
             if reward is None:
                 continue
