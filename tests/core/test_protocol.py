@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from wandb_serverless import calls
 from wandb_serverless.chat import (
     StreamAccumulator,
     build_request,
@@ -31,10 +32,11 @@ def test_build_request_routes_standard_and_vllm_parameters():
 
 
 def test_inside_a_rollout_the_request_asks_for_exact_tokens_unless_told_not_to():
-    assert "logprobs" not in build_request(model="m", messages=USER, params={})
+    assert "logprobs" not in calls.request(model="m", messages=USER, params={})
     with rollout():
-        asked = build_request(model="m", messages=USER, params={})
-        declined = build_request(model="m", messages=USER, params={"logprobs": False})
+        asked = calls.request(model="m", messages=USER, params={})
+        declined = calls.request(model="m", messages=USER, params={"logprobs": False})
+        assert "logprobs" not in build_request(model="m", messages=USER, params={})  # pure
     assert asked["logprobs"] is True and asked["extra_body"]["return_token_ids"] is True
     assert declined["logprobs"] is False
 

@@ -211,7 +211,6 @@ def test_a_handler_and_the_adapter_never_record_a_call_twice(llm):
 
 
 def test_a_failing_recorder_does_not_change_the_answer(llm, monkeypatch):
-    from wandb_serverless import chat
     from wandb_serverless.rollouts import recorder
 
     baseline = llm.invoke("Name a color.").content
@@ -219,7 +218,7 @@ def test_a_failing_recorder_does_not_change_the_answer(llm, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("recorder exploded")
 
-    monkeypatch.setattr(chat, "make_choice", boom)  # where the adapters record
+    monkeypatch.setattr(recorder, "make_choice", boom)  # where the adapters' turns are recorded
     errors = recorder.RECORDING_GUARD.errors
     with rollout(group="broken") as run:
         assert llm.invoke("Name a color.").content == baseline

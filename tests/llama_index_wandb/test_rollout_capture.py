@@ -74,6 +74,44 @@ async def test_runs_grouped_by_tag_without_a_rollout_block(backend, handler):
     assert tool_results and all(r == "It is sunny in Rome." for r in tool_results)
 
 
+async def test_a_watched_call_asks_for_exact_tokens_without_being_told(backend, handler):
+    """Outside a rollout block the handler records the run itself; it still gets the exact
+    tokens, because an observed call asks for them (as ChatWandb does under LangChain's)."""
+    from llama_index.core.llms import ChatMessage
+
+    llm = WandbLLM(model="default", api_base=backend.base_url, api_key=backend.api_key)
+    with instrument_tags({"rollout_id": "tokens-1"}):
+        await llm.achat([ChatMessage(role="user", content="Say hi.")], max_tokens=5)
+    (trajectory,) = handler.finish()
+    (turn,) = [i for i in trajectory.messages_and_choices if isinstance(i, Choice)]
+    assert turn.logprobs is not None and turn.model_extra["token_ids"]
+    assert turn.model_extra["prompt_token_ids"]
+
+
+async def test_concurrent_identical_calls_stay_in_their_own_rollouts(backend, handler):
+    """A group's rollouts send the same messages at once; the one that ends first must not
+    take another's place (start and end events pair by their span)."""
+    import asyncio
+
+    from llama_index.core.llms import ChatMessage
+
+    llm = WandbLLM(model="default", api_base=backend.base_url, api_key=backend.api_key)
+
+    async def run(max_tokens: int):
+        async with rollout() as run:
+            reply = await llm.achat(
+                [ChatMessage(role="user", content="Count.")], max_tokens=max_tokens
+            )
+        return run, reply
+
+    results = await asyncio.gather(*(run(n) for n in (24, 2, 12, 1)))
+    for run, reply in results:
+        assert len(run.calls) == 1 and not run.trajectory.additional_histories
+        (turn,) = [i for i in run.trajectory.messages_and_choices if isinstance(i, Choice)]
+        assert turn.model_extra["token_ids"] == reply.additional_kwargs["token_ids"]
+    assert handler.errors == 0
+
+
 async def test_wandbllm_calls_in_a_rollout_are_recorded_without_any_handler(backend, tokenizer):
     from llama_index.core.llms import ChatMessage
 

@@ -19,14 +19,9 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
-from langchain_wandb.chat_models import ChatWandb, _convert_messages_to_dicts
-from wandb_serverless.rollouts.recorder import (
-    HookGuard,
-    LLMCall,
-    Rollout,
-    current_rollout,
-    make_choice,
-)
+from langchain_wandb.messages import convert_messages_to_dicts
+from wandb_serverless.rollouts.hooks import HookRecorder
+from wandb_serverless.rollouts.recorder import Rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Trajectory
 
@@ -80,16 +75,17 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     raise_error = False
 
     def __init__(self, store: RolloutStore | None = None, *, group: str | None = None) -> None:
-        self.store = store
         self.group = group
-        self._finished: list[Rollout] = []
-        self.guard = HookGuard("RolloutCallbackHandler")
+        self.hook = HookRecorder("RolloutCallbackHandler", store)
+        self.guard = self.hook.guard
         self._parents: dict[UUID, UUID | None] = {}
         self._runs: dict[UUID, Rollout] = {}  # run id -> its rollout
-        self._pending: dict[UUID, tuple[Rollout, list[dict], list[dict] | None]] = {}
-        self._implicit: dict[Any, tuple[Rollout, UUID]] = {}  # key -> (rollout, root run)
         self._members: dict[UUID, list[UUID]] = {}  # root run -> the runs under it
         self._lock = threading.RLock()
+
+    @property
+    def store(self) -> RolloutStore | None:
+        return self.hook.store
 
     @property
     def errors(self) -> int:
@@ -99,7 +95,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     def trajectories(self) -> list[Trajectory]:
         """The rollouts this handler finished, in the order their root runs ended (each
         built on first use, off the agent's path)."""
-        return [run.trajectory for run in self._finished if run.trajectory is not None]
+        return self.hook.trajectories
 
     # -- installation ------------------------------------------------------------------------
 
@@ -112,7 +108,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     def uninstall() -> None:
         _installed.set(None)
 
-    # -- grouping ----------------------------------------------------------------------------
+    # -- grouping: each root run (or metadata rollout_id) is one rollout -----------------------
 
     def _root(self, run_id: UUID) -> UUID:
         while self._parents.get(run_id) is not None:
@@ -124,30 +120,23 @@ class RolloutCallbackHandler(BaseCallbackHandler):
             self._parents.setdefault(run_id, parent_run_id)
             if run_id in self._runs:
                 return self._runs[run_id]
-            explicit = current_rollout()
-            if explicit is not None:
-                rollout = explicit
-            else:
-                root = self._root(run_id)
-                key = (metadata or {}).get("rollout_id") or root
-                if key not in self._implicit:
-                    group = (metadata or {}).get("rollout_group", self.group)
-                    self._implicit[key] = (Rollout(group=group, store=self.store), root)
-                rollout = self._implicit[key][0]
+            root = self._root(run_id)
+            metadata = metadata or {}
+            rollout = self.hook.rollout(
+                metadata.get("rollout_id") or root,
+                group=metadata.get("rollout_group", self.group),
+                owner=root,
+            )
             self._runs[run_id] = rollout
-            self._members.setdefault(self._root(run_id), []).append(run_id)
+            self._members.setdefault(root, []).append(run_id)
             return rollout
 
     def _finish_root(self, run_id: UUID, error: BaseException | None = None) -> None:
         with self._lock:
-            keys = [k for k, (_, root) in self._implicit.items() if root == run_id]
-            finished = [self._implicit.pop(k)[0] for k in keys]
             for member in self._members.pop(run_id, []):  # the run tree is done: forget it
                 self._parents.pop(member, None)
                 self._runs.pop(member, None)
-        for rollout in finished:
-            rollout._finish(error)
-        self._finished += finished
+        self.hook.finish(run_id, error)
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -174,12 +163,9 @@ class RolloutCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         def start() -> None:
-            params = kwargs.get("invocation_params") or {}
-            if params.get("_type") == ChatWandb._llm_type_name and current_rollout() is not None:
-                return  # ChatWandb records its own calls with the exact tokens (chat.post)
             rollout = self._rollout(run_id, parent_run_id, metadata)
-            tools = params.get("tools") or None
-            self._pending[run_id] = (rollout, _convert_messages_to_dicts(messages[0]), tools)
+            tools = (kwargs.get("invocation_params") or {}).get("tools") or None
+            self.hook.start_call(run_id, rollout, convert_messages_to_dicts(messages[0]), tools)
 
         self.guard.run(start)
 
@@ -187,14 +173,12 @@ class RolloutCallbackHandler(BaseCallbackHandler):
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
         def end() -> None:
-            pending = self._pending.pop(run_id, None)
-            if pending is not None:
-                rollout, messages, tools = pending
-                generation = response.generations[0][0]
-                message = getattr(generation, "message", None)
-                if message is not None:
-                    choice = choice_from_message(message, generation.generation_info)
-                    rollout.add_call(LLMCall(messages, tools, choice))
+            generation = response.generations[0][0]
+            message = getattr(generation, "message", None)
+            info = generation.generation_info
+            self.hook.end_call(
+                run_id, lambda: None if message is None else choice_from_message(message, info)
+            )
             if parent_run_id is None:
                 self._finish_root(run_id)
 
@@ -209,9 +193,7 @@ class RolloutCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         def failed() -> None:
-            pending = self._pending.pop(run_id, None)
-            if pending is not None:
-                pending[0].log(f"LLM call failed: {type(error).__name__}: {error}")
+            self.hook.fail_call(run_id, error)
             if parent_run_id is None:
                 self._finish_root(run_id, error)
 

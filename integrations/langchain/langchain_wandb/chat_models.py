@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from functools import lru_cache
 from operator import itemgetter
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.exceptions import (
-    ContextOverflowError,
-    ModelAPIError,
-    ModelAuthenticationError,
-    ModelConnectionError,
-    ModelInvalidRequestError,
-    ModelNotFoundError,
-    ModelPermissionDeniedError,
-    ModelRateLimitError,
-    ModelTimeoutError,
-)
 from langchain_core.language_models import LanguageModelInput, ModelProfile
 from langchain_core.language_models.chat_models import (
     BaseChatModel,
@@ -27,14 +15,7 @@ from langchain_core.language_models.chat_models import (
     agenerate_from_stream,
     generate_from_stream,
 )
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    convert_to_openai_messages,
-)
-from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
     JsonOutputKeyToolsParser,
@@ -48,140 +29,17 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
+from langchain_wandb.errors import map_error
+from langchain_wandb.messages import (
+    PROVIDER,
+    completion_to_message,
+    convert_messages_to_dicts,
+    delta_to_chunk,
+)
+from wandb_serverless import calls, profiles, tokens
 from wandb_serverless import chat as protocol
-from wandb_serverless import profiles, tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings
-
-PROVIDER = "wandb"
-
-
-# Content blocks that are the model's own reasoning: never sent back (as ChatOpenAI does).
-_NOT_RESENT = frozenset({"thinking", "redacted_thinking", "reasoning", "reasoning_content"})
-
-# -- message conversion (pure, unit-testable) ---------------------------------------------------
-
-
-def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages → OpenAI message dicts (tool calls, tool results, images, names).
-
-    Anthropic-style ``tool_use`` blocks become tool calls; reasoning blocks are not re-sent.
-    """
-    converted = convert_to_openai_messages(list(messages))
-    for original, message in zip(messages, converted, strict=True):
-        role = original.additional_kwargs.get("__openai_role__")
-        if role:
-            message["role"] = role
-        if isinstance(message.get("content"), list):
-            parts = [p for p in message["content"] if p.get("type") not in _NOT_RESENT]
-            texts_only = all(p.get("type") == "text" for p in parts)
-            message["content"] = "".join(p["text"] for p in parts) if texts_only else parts
-        if (
-            message["role"] == "assistant"
-            and message.get("tool_calls")
-            and not message.get("content")
-        ):
-            message["content"] = None
-    return converted
-
-
-def _usage_metadata(usage: protocol.Usage) -> UsageMetadata:
-    metadata = UsageMetadata(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens,
-    )
-    if usage.cache_read is not None:
-        metadata["input_token_details"] = InputTokenDetails(cache_read=usage.cache_read)
-    if usage.reasoning is not None:
-        metadata["output_token_details"] = OutputTokenDetails(reasoning=usage.reasoning)
-    return metadata
-
-
-def _convert_completion_to_message(completion: protocol.Completion) -> AIMessage:
-    """One parsed choice → AIMessage; malformed tool-call arguments never raise."""
-    calls, invalid = [], []
-    cut_off = completion.finish_reason == "length"
-    for call in completion.tool_calls:
-        args, error = protocol.parse_arguments(call.arguments, cut_off=cut_off)
-        if error is None:
-            calls.append(tool_call(name=call.name, args=args or {}, id=call.id))
-        else:
-            invalid.append(
-                invalid_tool_call(name=call.name, args=call.arguments, id=call.id, error=error)
-            )
-    additional = {"reasoning_content": completion.reasoning} if completion.reasoning else {}
-    return AIMessage(
-        content=completion.content,
-        tool_calls=calls,
-        invalid_tool_calls=invalid,
-        additional_kwargs=additional,
-        response_metadata={**completion.metadata, "model_provider": PROVIDER},
-        usage_metadata=_usage_metadata(completion.usage) if completion.usage else None,
-        id=completion.id,
-    )
-
-
-def _convert_delta_to_chunk(delta: protocol.Delta) -> AIMessageChunk:
-    additional = {"reasoning_content": delta.reasoning} if delta.reasoning else {}
-    metadata = dict(delta.metadata)
-    if delta.finish_reason:
-        metadata.update(
-            finish_reason=delta.finish_reason, model_name=delta.model, model_provider=PROVIDER
-        )
-    return AIMessageChunk(
-        content=delta.content,
-        additional_kwargs=additional,
-        tool_call_chunks=[
-            tool_call_chunk(name=c.name, args=c.arguments, id=c.id, index=c.index)
-            for c in delta.tool_calls
-        ],
-        response_metadata=metadata,
-        usage_metadata=_usage_metadata(delta.usage) if delta.usage else None,
-        id=delta.id,
-    )
-
-
-def _recorded(run_manager: Any) -> bool:
-    from langchain_wandb.callbacks import RolloutCallbackHandler
-
-    handlers = getattr(run_manager, "handlers", None) or []
-    return any(isinstance(h, RolloutCallbackHandler) for h in handlers)
-
-
-def _map_error(exc: openai.APIError) -> Exception:
-    """openai errors → langchain-core's model errors (both isinstance checks keep working)."""
-    message = str(exc)
-    if isinstance(exc, openai.APITimeoutError):
-        cls: type[Exception] = ModelTimeoutError
-    elif isinstance(exc, openai.APIConnectionError):
-        cls = ModelConnectionError
-    elif isinstance(exc, openai.AuthenticationError):
-        cls = ModelAuthenticationError
-    elif isinstance(exc, openai.PermissionDeniedError):
-        cls = ModelPermissionDeniedError
-    elif isinstance(exc, openai.NotFoundError):
-        cls = ModelNotFoundError
-    elif isinstance(exc, openai.RateLimitError):
-        cls = ModelRateLimitError
-    elif isinstance(exc, openai.BadRequestError):
-        cls = (
-            ContextOverflowError
-            if "maximum context length" in message
-            else ModelInvalidRequestError
-        )
-    else:
-        cls = ModelAPIError
-    mapped = _combined(cls, type(exc))(message)
-    mapped.__dict__.update(exc.__dict__)
-    return mapped
-
-
-@lru_cache(maxsize=64)
-def _combined(langchain_cls: type[Exception], sdk_cls: type[Exception]) -> type[Exception]:
-    """A subclass of both, so ``except openai.RateLimitError`` and ``except ModelRateLimitError``
-    both catch it (langchain-core's convention for provider errors)."""
-    return type(langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__})
 
 
 class ChatWandb(BaseChatModel, protocol.SamplingFields):
@@ -318,11 +176,9 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
 
     # -- LangChain plumbing ------------------------------------------------------------------
 
-    _llm_type_name: ClassVar[str] = "wandb-chat"
-
     @property
     def _llm_type(self) -> str:
-        return self._llm_type_name
+        return "wandb-chat"
 
     @property
     def model_name(self) -> str:
@@ -401,26 +257,18 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         return self._clients[key]
 
     def _request(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        stream: bool,
-        run_manager: Any = None,
-        **kwargs: Any,
+        self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, **kwargs: Any
     ) -> dict[str, Any]:
         kwargs.pop("ls_structured_output_format", None)
         params = {**self._default_params, **kwargs}
-        if _recorded(run_manager):  # a rollout handler watches: it needs the exact tokens
-            params.setdefault("logprobs", True)
-            params.setdefault("return_token_ids", True)
         if stop is not None:
             params["stop"] = stop
         stream_usage = params.pop("stream_usage", self.stream_usage)
         if stream and params.get("n", 1) > 1:
             raise ValueError("n > 1 is not supported when streaming")
-        return protocol.build_request(
+        return calls.request(
             model=self.model,
-            messages=_convert_messages_to_dicts(messages),
+            messages=convert_messages_to_dicts(messages),
             params=params,
             stream=stream,
             stream_usage=stream_usage,
@@ -428,20 +276,16 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
 
     # -- generation --------------------------------------------------------------------------
 
-    def _result(self, request: dict[str, Any], response: Any) -> ChatResult:
+    @staticmethod
+    def _result(reply: calls.Reply) -> ChatResult:
         generations = []
-        for completion in protocol.parse_completion(response):
-            usage = completion.usage.output_tokens if completion.usage else None
-            protocol.check_finish(request, completion.finish_reason, usage)
+        for completion in reply.completions:
             info = {"finish_reason": completion.finish_reason}
             if "logprobs" in completion.metadata:
                 info["logprobs"] = completion.metadata["logprobs"]
-            generations.append(
-                ChatGeneration(
-                    message=_convert_completion_to_message(completion), generation_info=info
-                )
-            )
-        first = protocol.as_dict(response)
+            message = completion_to_message(completion)
+            generations.append(ChatGeneration(message=message, generation_info=info))
+        first = reply.raw
         return ChatResult(
             generations=generations,
             llm_output={
@@ -462,12 +306,11 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        request = self._request(messages, stop, False, run_manager, **kwargs)
+        request = self._request(messages, stop, False, **kwargs)
         try:
-            response = protocol.post(self._client(), request)
+            return self._result(calls.complete(self._client(), request))
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
-        return self._result(request, response)
+            raise map_error(exc) from exc
 
     async def _agenerate(
         self,
@@ -478,12 +321,11 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        request = self._request(messages, stop, False, run_manager, **kwargs)
+        request = self._request(messages, stop, False, **kwargs)
         try:
-            response = await protocol.post(self._client(async_client=True), request)
+            return self._result(await calls.acomplete(self._client(async_client=True), request))
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
-        return self._result(request, response)
+            raise map_error(exc) from exc
 
     def _stream(
         self,
@@ -492,16 +334,15 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, True, run_manager, **kwargs)
-        parser = protocol.StreamParser()
+        request = self._request(messages, stop, True, **kwargs)
         try:
-            for raw in protocol.post(self._client(), request):
-                chunk = self._generation_chunk(request, parser.parse(raw))
+            for delta in calls.stream(self._client(), request):
+                chunk = _generation_chunk(delta)
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
+            raise map_error(exc) from exc
 
     async def _astream(
         self,
@@ -510,27 +351,15 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request = self._request(messages, stop, True, run_manager, **kwargs)
-        parser = protocol.StreamParser()
+        request = self._request(messages, stop, True, **kwargs)
         try:
-            async for raw in await protocol.post(self._client(async_client=True), request):
-                chunk = self._generation_chunk(request, parser.parse(raw))
+            async for delta in await calls.astream(self._client(async_client=True), request):
+                chunk = _generation_chunk(delta)
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
-
-    @staticmethod
-    def _generation_chunk(request: dict[str, Any], delta: protocol.Delta) -> ChatGenerationChunk:
-        protocol.check_finish(request, delta.finish_reason)
-        message = _convert_delta_to_chunk(delta)
-        info: dict[str, Any] = {}
-        if delta.finish_reason:
-            info["finish_reason"] = delta.finish_reason
-        if "logprobs" in delta.metadata:
-            info["logprobs"] = delta.metadata["logprobs"]
-        return ChatGenerationChunk(message=message, generation_info=info or None)
+            raise map_error(exc) from exc
 
     # -- token counts (the served model's tokenizer, never a download) -----------------------
 
@@ -542,7 +371,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         try:
             return tokens.tokenize(self._client(), self.model, text=text)
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
+            raise map_error(exc) from exc
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
@@ -554,11 +383,11 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             ids = tokens.tokenize(
                 self._client(),
                 self.model,
-                messages=_convert_messages_to_dicts(messages),
+                messages=convert_messages_to_dicts(messages),
                 tools=specs or None,
             )
         except openai.APIError as exc:
-            raise _map_error(exc) from exc
+            raise map_error(exc) from exc
         return len(ids)
 
     # -- tools and structured output ---------------------------------------------------------
@@ -639,3 +468,12 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         return RunnableMap(raw=llm) | parsed.with_fallbacks(
             [fallback], exception_key="parsing_error"
         )
+
+
+def _generation_chunk(delta: protocol.Delta) -> ChatGenerationChunk:
+    info: dict[str, Any] = {}
+    if delta.finish_reason:
+        info["finish_reason"] = delta.finish_reason
+    if "logprobs" in delta.metadata:
+        info["logprobs"] = delta.metadata["logprobs"]
+    return ChatGenerationChunk(message=delta_to_chunk(delta), generation_info=info or None)

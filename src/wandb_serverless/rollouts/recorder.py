@@ -43,6 +43,89 @@ def current_rollout() -> Rollout | None:
 
 
 @dataclass
+class ObservedCall:
+    """A model call a trace hook is watching, between its start and end callbacks.
+
+    While one is open in a context the model layer asks for exact tokens (the hook will record
+    them), and if the call lands in an open rollout through ``record_call`` it is marked
+    ``recorded``, so the hook does not record it a second time.
+    """
+
+    recorded: bool = False
+
+
+_observed: contextvars.ContextVar[ObservedCall | None] = contextvars.ContextVar(
+    "wandb_observed_call", default=None
+)
+
+
+def observe_call() -> ObservedCall:
+    """Open a watched call in this context (a hook's start callback)."""
+    call = ObservedCall()
+    _observed.set(call)
+    return call
+
+
+def end_observation(call: ObservedCall) -> None:
+    """Close a watched call (its end or error callback)."""
+    if _observed.get() is call:
+        _observed.set(None)
+
+
+def tokens_wanted() -> bool:
+    """Should a model call ask for exact tokens (logprobs and token ids)? Yes inside a rollout
+    and while a trace hook watches the call: the trainer needs them."""
+    return _current.get() is not None or _observed.get() is not None
+
+
+def record_turn(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    message: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+    token_ids: list[int] | None = None,
+    prompt_token_ids: list[int] | None = None,
+) -> bool:
+    """Add a model turn (the request's messages and tools, the assistant ``message`` and its
+    exact tokens) to the rollout open in this context, and mark the watched call recorded.
+    True if a rollout was open. Never raises: failures are counted on ``RECORDING_GUARD``."""
+    if _current.get() is None:
+        return False
+    turn = (message, finish_reason, logprobs, token_ids, prompt_token_ids)
+    return bool(RECORDING_GUARD.run(_record, messages, tools, *turn))
+
+
+def _record(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    message: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None,
+    token_ids: list[int] | None,
+    prompt_token_ids: list[int] | None,
+) -> bool:
+    run = _current.get()
+    if run is None:
+        return False
+    body = {k: v for k, v in message.items() if k != "role" and v is not None}
+    body.setdefault("content", None)
+    choice = make_choice(
+        body,
+        finish_reason=finish_reason,
+        logprobs=logprobs,
+        token_ids=token_ids,
+        prompt_token_ids=prompt_token_ids,
+    )
+    run.add_call(LLMCall(messages, tools, choice))
+    observed = _observed.get()
+    if observed is not None:
+        observed.recorded = True
+    return True
+
+
+@dataclass
 class LLMCall:
     """One model call: what was sent, the tools offered, and the model's turn.
 
@@ -228,13 +311,16 @@ class Rollout:
             }
         self._final = self._snapshot()
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def finish(self, exc: BaseException | None = None) -> None:
+        """End the rollout (``exc``: what ended it, if it failed): build, store, export.
+        ``with rollout()`` calls it; trace hooks call it for rollouts they opened."""
         self._complete(exc)
         if self.store is not None:
             self.store.save(self.trajectory, group=self.group, exception=self.exception)
         self._export()
 
-    async def _afinish(self, exc: BaseException | None) -> None:
+    async def afinish(self, exc: BaseException | None = None) -> None:
+        """``finish`` with the store's async save."""
         self._complete(exc)
         if self.store is not None:
             await self.store.asave(self.trajectory, group=self.group, exception=self.exception)
@@ -254,14 +340,14 @@ class Rollout:
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         _current.reset(self._token)
-        self._finish(exc)
+        self.finish(exc)
 
     async def __aenter__(self) -> Rollout:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         _current.reset(self._token)
-        await self._afinish(exc)
+        await self.afinish(exc)
 
 
 class rollout:
@@ -348,7 +434,8 @@ class HookGuard:
             return None
 
 
-#: Guards the recording our adapters' calls do in ``chat.post`` (no trace hook involved).
+#: Guards ``record_call``: the model layer (``wandb_serverless.calls``) recording our adapters'
+#: calls, with no trace hook involved.
 RECORDING_GUARD = HookGuard("recording a chat call")
 #: Guards the export of finished rollouts to Weave (a Weave outage never fails a rollout).
 WEAVE_GUARD = HookGuard("Weave export")

@@ -38,8 +38,8 @@ from llama_index.llms.wandb.utils import (
 )
 from pydantic import ConfigDict, ValidationError
 
+from wandb_serverless import calls, profiles, tokens
 from wandb_serverless import chat as protocol
-from wandb_serverless import profiles, tokens
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import ENV_API_KEY, ENV_PROJECT, Settings
 
@@ -152,7 +152,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
             **self.additional_kwargs,
             **kwargs,
         }
-        return protocol.build_request(
+        return calls.request(
             model=self.model,
             messages=to_openai_messages(list(messages)),
             params=params,
@@ -160,10 +160,8 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         )
 
     @staticmethod
-    def _response(request: dict[str, Any], raw: Any) -> ChatResponse:
-        completion = protocol.parse_completion(raw)[0]
-        usage = completion.usage.output_tokens if completion.usage else None
-        protocol.check_finish(request, completion.finish_reason, usage)
+    def _response(reply: calls.Reply) -> ChatResponse:
+        completion = reply.completions[0]
         extra = usage_kwargs(completion.usage)
         for key in ("token_ids", "prompt_token_ids", "finish_reason"):
             if key in completion.metadata:
@@ -175,7 +173,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
                 completion.tool_calls,
                 cut_off=completion.finish_reason == "length",
             ),
-            raw=protocol.as_dict(raw),
+            raw=reply.raw,
             logprobs=logprobs_of(completion.metadata),
             additional_kwargs=extra,
         )
@@ -183,21 +181,21 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._request(messages, False, **kwargs)
-        return self._response(request, protocol.post(self._client(), request))
+        return self._response(calls.complete(self._client(), request))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._request(messages, False, **kwargs)
-        return self._response(request, await protocol.post(self._client(True), request))
+        return self._response(await calls.acomplete(self._client(True), request))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request = self._request(messages, True, **kwargs)
 
         def gen() -> ChatResponseGen:
-            snapshot = _Snapshot(request)
-            for raw in protocol.post(self._client(), request):
-                yield snapshot.add(raw)
+            stream = calls.stream(self._client(), request, accumulate=True)
+            for delta in stream:
+                yield _snapshot(stream.turn, delta)
 
         return gen()
 
@@ -209,9 +207,9 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         client = self._client(async_client=True)
 
         async def gen() -> ChatResponseAsyncGen:
-            snapshot = _Snapshot(request)
-            async for raw in await protocol.post(client, request):
-                yield snapshot.add(raw)
+            stream = await calls.astream(client, request, accumulate=True)
+            async for delta in stream:
+                yield _snapshot(stream.turn, delta)
 
         return gen()
 
@@ -450,35 +448,26 @@ class ServedTokenizer:
         return len(ids)
 
 
-class _Snapshot:
-    """Accumulates stream chunks into the cumulative ChatResponse LlamaIndex expects."""
-
-    def __init__(self, request: dict[str, Any]) -> None:
-        self.request = request
-        self.turn = protocol.StreamAccumulator()
-
-    def add(self, raw: Any) -> ChatResponse:
-        turn = self.turn
-        delta = turn.add(raw)
-        protocol.check_finish(self.request, delta.finish_reason)
-        extra: dict[str, Any] = usage_kwargs(turn.usage)
-        if turn.prompt_token_ids is not None:
-            extra["prompt_token_ids"] = turn.prompt_token_ids
-        if turn.finish_reason:
-            extra["finish_reason"] = turn.finish_reason
-        if turn.token_ids:
-            extra["token_ids"] = list(turn.token_ids)
-        if delta.reasoning:
-            extra["thinking_delta"] = delta.reasoning
-        return ChatResponse(
-            message=assistant_message(
-                turn.content,
-                turn.reasoning or None,
-                turn.tool_calls(),
-                cut_off=turn.finish_reason == "length",
-            ),
-            delta=delta.content,
-            raw=protocol.as_dict(raw),
-            logprobs=logprobs_of({"logprobs": {"content": turn.logprobs}}),
-            additional_kwargs=extra,
-        )
+def _snapshot(turn: protocol.StreamAccumulator, delta: protocol.Delta) -> ChatResponse:
+    """The cumulative ChatResponse LlamaIndex expects from a stream: the turn so far."""
+    extra: dict[str, Any] = usage_kwargs(turn.usage)
+    if turn.prompt_token_ids is not None:
+        extra["prompt_token_ids"] = turn.prompt_token_ids
+    if turn.finish_reason:
+        extra["finish_reason"] = turn.finish_reason
+    if turn.token_ids:
+        extra["token_ids"] = list(turn.token_ids)
+    if delta.reasoning:
+        extra["thinking_delta"] = delta.reasoning
+    return ChatResponse(
+        message=assistant_message(
+            turn.content,
+            turn.reasoning or None,
+            turn.tool_calls(),
+            cut_off=turn.finish_reason == "length",
+        ),
+        delta=delta.content,
+        raw=delta.raw,
+        logprobs=logprobs_of({"logprobs": {"content": turn.logprobs}}),
+        additional_kwargs=extra,
+    )

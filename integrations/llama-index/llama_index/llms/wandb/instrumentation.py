@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatResponse
@@ -20,13 +19,8 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChat
 from llama_index.llms.wandb.utils import to_openai_message, to_openai_messages
 from pydantic import PrivateAttr
 
-from wandb_serverless.rollouts.recorder import (
-    HookGuard,
-    LLMCall,
-    Rollout,
-    current_rollout,
-    make_choice,
-)
+from wandb_serverless.rollouts.hooks import HookRecorder
+from wandb_serverless.rollouts.recorder import Rollout, current_rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Trajectory
 
@@ -67,18 +61,12 @@ def choice_from_response(response: ChatResponse) -> Any:
 class RolloutEventHandler(BaseEventHandler):
     """Captures LLM chat calls from LlamaIndex's instrumentation into rollouts."""
 
-    _store: RolloutStore | None = PrivateAttr(default=None)
-    _guard: HookGuard = PrivateAttr(default_factory=lambda: HookGuard("RolloutEventHandler"))
-    _pending: dict[str, list[tuple[Rollout, list[dict], list[dict] | None]]] = PrivateAttr(
-        default_factory=dict
-    )
-    _implicit: dict[str, Rollout] = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _hook: HookRecorder = PrivateAttr()
     trajectories: list[Trajectory] = []
 
     def __init__(self, store: RolloutStore | None = None, **data: Any) -> None:
         super().__init__(**data)
-        self._store = store
+        self._hook = HookRecorder("RolloutEventHandler", store)
         self.trajectories = []
 
     @classmethod
@@ -87,7 +75,7 @@ class RolloutEventHandler(BaseEventHandler):
 
     @property
     def errors(self) -> int:
-        return self._guard.errors
+        return self._hook.guard.errors
 
     def install(self) -> RolloutEventHandler:
         """Add this handler to LlamaIndex's root dispatcher (once)."""
@@ -102,36 +90,22 @@ class RolloutEventHandler(BaseEventHandler):
 
     def finish(self) -> list[Trajectory]:
         """Close the rollouts grouped by tag (explicit ``rollout()`` blocks close themselves)."""
-        with self._lock:
-            rollouts, self._implicit = list(self._implicit.values()), {}
-        finished = []
-        for run in rollouts:
-            run._finish(None)
-            if run.trajectory is not None:
-                finished.append(run.trajectory)
+        finished = [r.trajectory for r in self._hook.finish() if r.trajectory is not None]
         self.trajectories += finished
         return finished
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        self._guard.run(self._handle, event)
+        self._hook.guard.run(self._handle, event)
 
     def _rollout(self, event: BaseEvent) -> Rollout | None:
-        explicit = current_rollout()
-        if explicit is not None:
-            return explicit
         tags = event.tags or {}
         key = next((str(tags[t]) for t in GROUP_TAGS if tags.get(t)), None)
         if key is None:
-            return None
-        with self._lock:
-            if key not in self._implicit:
-                self._implicit[key] = Rollout(group=tags.get("rollout_group"), store=self._store)
-            return self._implicit[key]
+            return current_rollout()
+        return self._hook.rollout(key, group=tags.get("rollout_group"))
 
     def _handle(self, event: BaseEvent) -> None:
         if isinstance(event, LLMChatStartEvent):
-            if (event.model_dict or {}).get("class_name") == "WandbLLM" and current_rollout():
-                return  # WandbLLM records its own calls with the exact tokens (chat.post)
             run = self._rollout(event)
             if run is None:
                 return
@@ -139,19 +113,14 @@ class RolloutEventHandler(BaseEventHandler):
             tools = [
                 t for t in (event.additional_kwargs or {}).get("tools") or [] if isinstance(t, dict)
             ] or None
-            with self._lock:
-                self._pending.setdefault(_key(messages), []).append((run, messages, tools))
-        elif isinstance(event, LLMChatEndEvent) and event.response is not None and self._pending:
-            key = _key(to_openai_messages(list(event.messages)))
-            with self._lock:
-                waiting = self._pending.get(key)
-                if not waiting:
-                    return
-                run, messages, tools = waiting.pop(0)
-                if not waiting:
-                    del self._pending[key]
-            run.add_call(LLMCall(messages, tools, choice_from_response(event.response)))
+            self._hook.start_call(_key(event, messages), run, messages, tools)
+        elif isinstance(event, LLMChatEndEvent) and event.response and self._hook.waiting:
+            key = _key(event, to_openai_messages(list(event.messages)))
+            response = event.response
+            self._hook.end_call(key, lambda: choice_from_response(response))
 
 
-def _key(messages: list[dict[str, Any]]) -> str:
-    return json.dumps(messages, sort_keys=True, default=str)
+def _key(event: BaseEvent, messages: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """Start and end events pair by span and messages: concurrent runs often send the same
+    messages (a group's rollouts), but each from its own span."""
+    return event.span_id, json.dumps(messages, sort_keys=True, default=str)

@@ -1,0 +1,53 @@
+"""openai's errors as langchain-core's model errors, the way partner packages map them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import openai
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+
+def map_error(exc: openai.APIError) -> Exception:
+    """openai errors → langchain-core's model errors (both isinstance checks keep working)."""
+    message = str(exc)
+    if isinstance(exc, openai.APITimeoutError):
+        cls: type[Exception] = ModelTimeoutError
+    elif isinstance(exc, openai.APIConnectionError):
+        cls = ModelConnectionError
+    elif isinstance(exc, openai.AuthenticationError):
+        cls = ModelAuthenticationError
+    elif isinstance(exc, openai.PermissionDeniedError):
+        cls = ModelPermissionDeniedError
+    elif isinstance(exc, openai.NotFoundError):
+        cls = ModelNotFoundError
+    elif isinstance(exc, openai.RateLimitError):
+        cls = ModelRateLimitError
+    elif isinstance(exc, openai.BadRequestError):
+        cls = (
+            ContextOverflowError
+            if "maximum context length" in message
+            else ModelInvalidRequestError
+        )
+    else:
+        cls = ModelAPIError
+    mapped = _combined(cls, type(exc))(message)
+    mapped.__dict__.update(exc.__dict__)
+    return mapped
+
+
+@lru_cache(maxsize=64)
+def _combined(langchain_cls: type[Exception], sdk_cls: type[Exception]) -> type[Exception]:
+    """A subclass of both, so ``except openai.RateLimitError`` and ``except ModelRateLimitError``
+    both catch it (langchain-core's convention for provider errors)."""
+    return type(langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__})
