@@ -235,8 +235,19 @@ class _BreaksAfter:
         pass
 
 
-def test_a_row_that_fails_while_decoding_fails_alone(backend):
+class _FaultyGrammars:
+    """The engine's grammar compiler, with one grammar name that compiles to ``_BreaksAfter``."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def constraint(self, grammar: str):
+        return _BreaksAfter(5) if grammar == "fault" else self.real.constraint(grammar)
+
+
+def test_a_row_that_fails_while_decoding_fails_alone(backend, monkeypatch):
     engine = backend.app.state.backend.engine
+    monkeypatch.setattr(engine, "vocab", _FaultyGrammars(engine.vocab))
     tokenizer = backend.app.state.backend.loaded.tokenizer
     prompt = tokenizer("Tell me about the sea.").input_ids
     events: dict[int, list] = {i: [] for i in range(5)}
@@ -256,7 +267,7 @@ def test_a_row_that_fails_while_decoding_fails_alone(backend):
     ]
     requests.append(  # ignore_eos: it must not end on its own before the fault
         GenerationRequest(
-            prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(4), _BreaksAfter(5)
+            prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(4), "fault"
         )
     )
     for request in requests:

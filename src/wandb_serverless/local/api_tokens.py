@@ -4,12 +4,12 @@ server; unlike vLLM's, they need the bearer key like every other route here."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from wandb_serverless.local.backend import Backend, backend_of, require_key
 from wandb_serverless.local.protocol import BadRequest, ChatCompletionRequest, render_prompt
 
 MAX_TEXT_CHARS = 4_000_000  # the body limit bounds it anyway; a count needs no more
@@ -45,43 +45,48 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int] = Field(max_length=1_000_000)
 
 
-def add_token_routes(app: FastAPI, backend: Any, dependencies: list[Any]) -> None:
+router = APIRouter(dependencies=[Depends(require_key)])
+
+
+def _ids(tokenizer: Any, body: TokenizeRequest) -> list[int]:
+    if body.prompt is not None:
+        special = True if body.add_special_tokens is None else body.add_special_tokens
+        return tokenizer(body.prompt, add_special_tokens=special).input_ids
+    try:  # the chat request's own checks (roles...), as a 400 rather than a crash
+        chat = ChatCompletionRequest(
+            messages=body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(str(e.get("msg", "")) for e in exc.errors())
+        raise BadRequest(f"invalid messages: {problems}") from None
+    rendered = render_prompt(tokenizer, chat, body.tools or [])
+    return tokenizer(rendered, add_special_tokens=bool(body.add_special_tokens)).input_ids
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, backend: Backend = Depends(backend_of)) -> dict[str, Any]:
+    backend.resolve_model(body.model)  # an unknown model is a 404, as for chat
     tokenizer = backend.loaded.tokenizer
+    ids = await backend.off_loop(_ids, tokenizer, body)
+    return {
+        "count": len(ids),
+        "max_model_len": backend.engine.context_length,
+        "tokens": ids,
+        "token_strs": tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None,
+    }
 
-    def ids_of(body: TokenizeRequest) -> list[int]:
-        if body.prompt is not None:
-            special = True if body.add_special_tokens is None else body.add_special_tokens
-            return tokenizer(body.prompt, add_special_tokens=special).input_ids
-        try:  # the chat request's own checks (roles...), as a 400 rather than a crash
-            chat = ChatCompletionRequest(
-                messages=body.messages,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
-                chat_template_kwargs=body.chat_template_kwargs,
-            )
-        except ValidationError as exc:
-            problems = "; ".join(str(e.get("msg", "")) for e in exc.errors())
-            raise BadRequest(f"invalid messages: {problems}") from None
-        rendered = render_prompt(tokenizer, chat, body.tools or [])
-        return tokenizer(rendered, add_special_tokens=bool(body.add_special_tokens)).input_ids
 
-    @app.post("/tokenize", dependencies=dependencies)
-    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
-        backend.resolve_model(body.model)  # an unknown model is a 404, as for chat
-        ids = await asyncio.to_thread(ids_of, body)
-        answer: dict[str, Any] = {
-            "count": len(ids),
-            "max_model_len": backend.engine.context_length,
-            "tokens": ids,
-            "token_strs": tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None,
-        }
-        return answer
-
-    @app.post("/detokenize", dependencies=dependencies)
-    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
-        backend.resolve_model(body.model)
-        size = min(backend.engine.vocab_size, len(tokenizer))
-        bad = [t for t in body.tokens if not 0 <= t < size]
-        if bad:
-            raise BadRequest(f"token ids must be between 0 and {size - 1}; got {bad[0]}")
-        return {"prompt": await asyncio.to_thread(tokenizer.decode, body.tokens)}
+@router.post("/detokenize")
+async def detokenize(
+    body: DetokenizeRequest, backend: Backend = Depends(backend_of)
+) -> dict[str, Any]:
+    backend.resolve_model(body.model)
+    tokenizer = backend.loaded.tokenizer
+    size = min(backend.engine.vocab_size, len(tokenizer))
+    bad = [t for t in body.tokens if not 0 <= t < size]
+    if bad:
+        raise BadRequest(f"token ids must be between 0 and {size - 1}; got {bad[0]}")
+    return {"prompt": await backend.off_loop(tokenizer.decode, body.tokens)}

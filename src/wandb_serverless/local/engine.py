@@ -11,238 +11,42 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from wandb_serverless.local.grammar import Constraint
+from wandb_serverless.local.engine_api import (
+    DoneEvent,
+    GenerationRequest,
+    QueueFullError,
+    SamplingError,
+    SamplingParams,
+    TokenEvent,
+    error_event,
+)
+from wandb_serverless.local.grammar import Vocabulary
+from wandb_serverless.local.sampling import EOS, Detokenizer, Sequence
+
+__all__ = [
+    "Detokenizer",
+    "DoneEvent",
+    "Engine",
+    "GenerationRequest",
+    "QueueFullError",
+    "SamplingParams",
+    "TokenEvent",
+    "wait_idle",
+]
 
 log = logging.getLogger(__name__)
 
 
-class QueueFullError(RuntimeError):
-    """The engine's queue is full: the server answers 429 with Retry-After."""
-
-
-class SamplingError(ValueError):
-    """A row's parameters left nothing to sample: that row ends with an error, no other."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    include_stop_str_in_output: bool = False
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    top_logprobs: int = 0
-
-
-@dataclass
-class TokenEvent:
-    """One sampled token and the text it released (held back near a possible stop string)."""
-
-    token_id: int
-    text: str
-    logprob: float
-    top_logprobs: list[tuple[int, float]]
-
-
-@dataclass
-class DoneEvent:
-    finish_reason: str  # stop | length | abort | error
-    stop_reason: str | int | None = None
-    text: str = ""  # text released at the end (what was held back)
-    error: str | None = None
-    client_error: bool = False  # the request's own parameters caused the error (a 400)
-
-
-Sink = Callable[[TokenEvent | DoneEvent], None]
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a cache copy
-
-
-def error_event(exc: Exception) -> DoneEvent:
-    """How a failed row ends: the request's own fault (a 400) or the server's."""
-    if isinstance(exc, SamplingError):
-        return DoneEvent("error", error=str(exc), client_error=True)
-    return DoneEvent("error", error=f"{type(exc).__name__}: {exc}")
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: Sink
-    constraint: Constraint | None = None
-    adapter: str | None = None  # a LoRA checkpoint's name; None is the base model
-    adapter_path: str | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
-
-
-class Detokenizer:
-    """Incremental text with stop strings: holds back text that may still become a stop string
-    or an incomplete UTF-8 character."""
-
-    def __init__(self, tokenizer: Any, stop: list[str], include_stop: bool) -> None:
-        self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self.include_stop = include_stop
-        self.hold = max((len(s) for s in self.stop), default=1) - 1
-        self.ids: list[int] = []
-        self.released = 0
-        self.text = ""
-
-    def add(self, token_id: int) -> tuple[str, str | None]:
-        """Append a token; returns the newly released text and the stop string hit, if any."""
-        self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if self.stop:
-            start = max(0, self.released - self.hold)
-            hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
-            if hits:
-                index, stop = min(hits)
-                end = index + len(stop) if self.include_stop else index
-                out = self.text[self.released : end]
-                self.released = max(self.released, end)
-                return out, stop
-        end = len(self.text) - self.hold
-        if self.text.endswith("\ufffd"):
-            end = min(end, len(self.text) - 1)
-        if end <= self.released:
-            return "", None
-        out, self.released = self.text[self.released : end], end
-        return out, None
-
-    def flush(self) -> str:
-        text = self.text.rstrip("\ufffd")
-        out, self.released = text[self.released :], max(self.released, len(text))
-        return out
-
-
-class Sequence:
-    """A running generation: its sampling state, its text, and where it sits in the batch."""
-
-    def __init__(self, request: GenerationRequest, engine: Engine) -> None:
-        self.request = request
-        self.params = request.params
-        self.engine = engine
-        self.generated: list[int] = []
-        self.detok = Detokenizer(
-            engine.tokenizer, self.params.stop, self.params.include_stop_str_in_output
-        )
-        seed = self.params.seed if self.params.seed is not None else random.getrandbits(62)
-        self.generator = torch.Generator().manual_seed(seed % 2**64)
-        self.seen = torch.tensor(sorted(set(request.prompt_ids)), dtype=torch.long)
-        self.counts: dict[int, int] = {}
-        self.done = False
-
-    # -- logits processing -------------------------------------------------------------------
-
-    def process(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        if p.logit_bias:
-            ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
-            logits[ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
-        if p.ignore_eos or len(self.generated) < p.min_tokens:
-            banned = self.engine.eos_ids
-            if len(self.generated) < p.min_tokens and p.stop_token_ids:
-                banned = torch.cat([banned, torch.tensor(p.stop_token_ids, dtype=torch.long)])
-            if self.request.constraint is None or self.request.constraint.allows_other_than(banned):
-                logits[banned] = float("-inf")
-            # else: the output constraint is complete; it ends the output despite ignore_eos
-        if p.repetition_penalty != 1.0:
-            seen = torch.cat([self.seen, torch.tensor(self.generated, dtype=torch.long)]).unique()
-            scores = logits[seen]
-            logits[seen] = torch.where(
-                scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty
-            )
-        if (p.presence_penalty or p.frequency_penalty) and self.counts:
-            ids = torch.tensor(list(self.counts), dtype=torch.long)
-            counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype)
-            logits[ids] -= p.presence_penalty + p.frequency_penalty * counts
-        if self.request.constraint is not None:
-            logits = self.request.constraint.apply(logits)
-        if not bool(torch.isfinite(logits).any()):
-            raise SamplingError("no token is allowed by this request's sampling parameters")
-        return logits
-
-    def sample(self, logits: torch.Tensor) -> int:
-        p = self.params
-        if p.temperature <= 1e-5:
-            return int(torch.argmax(logits))
-        logits = logits / p.temperature
-        if p.top_k and p.top_k > 0 and p.top_k < logits.numel():
-            kth = torch.topk(logits, p.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if p.min_p > 0:
-            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-        if p.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=-1)
-            drop = cumulative - sorted_probs > p.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    # -- one step ----------------------------------------------------------------------------
-
-    def step(self, logits: torch.Tensor, context_left: int) -> int:
-        """Sample from this row's logits, emit the token, and decide whether it is finished."""
-        raw = torch.log_softmax(logits, dim=-1)
-        token = self.sample(self.process(logits.clone()))
-        if self.request.constraint is not None and not self.request.constraint.done:
-            self.request.constraint.consume(token)
-        self.generated.append(token)
-        self.counts[token] = self.counts.get(token, 0) + 1
-        top: list[tuple[int, float]] = []
-        if self.params.top_logprobs:
-            values, ids = torch.topk(raw, self.params.top_logprobs)
-            top = list(zip(ids.tolist(), values.tolist(), strict=True))
-        constraint = self.request.constraint
-        ended = constraint is not None and constraint.done  # a complete output ends here
-        is_eos = token in self.engine.eos_set and (not self.params.ignore_eos or ended)
-        text, stop = ("", None) if is_eos else self.detok.add(token)
-        self.request.sink(TokenEvent(token, text, float(raw[token]), top))
-        if is_eos:
-            self.finish("stop")
-        elif token in self.params.stop_token_ids:
-            self.finish("stop", token)
-        elif stop is not None:
-            self.finish("stop", stop, flush=False)
-        elif len(self.generated) >= self.params.max_tokens or context_left <= 0:
-            self.finish("length")
-        return token
-
-    def fail(self, exc: Exception) -> None:
-        if not self.done:
-            self.done = True
-            self.request.sink(error_event(exc))
-
-    def finish(self, reason: str, stop_reason: str | int | None = None, flush: bool = True) -> None:
-        if self.done:
-            return
-        self.done = True
-        rest = self.detok.flush() if flush and reason != "abort" else ""
-        self.request.sink(DoneEvent(reason, stop_reason, rest))
 
 
 class Batch:
@@ -320,8 +124,8 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         eos = model.generation_config.eos_token_id
         eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
-        self.eos_set = {int(i) for i in eos_ids if i is not None}
-        self.eos_ids = torch.tensor(sorted(self.eos_set), dtype=torch.long)
+        self.eos = EOS.of({int(i) for i in eos_ids if i is not None})
+        self.vocab = Vocabulary(tokenizer, self.vocab_size)  # llguidance's view (~0.4 s)
         self._pending: queue.Queue[GenerationRequest] = queue.Queue()
         self._batch = Batch()
         self._stop = threading.Event()
@@ -342,6 +146,10 @@ class Engine:
         if self._pending.qsize() >= self.max_queue:
             raise QueueFullError(f"engine queue is full ({self.max_queue} waiting requests)")
         self._pending.put(request)
+
+    def check_grammar(self, grammar: str) -> None:
+        """Compile the grammar once (off the engine thread): a fault in it is a 400 now."""
+        self.vocab.constraint(grammar)
 
     @property
     def load(self) -> dict[str, int]:
@@ -474,7 +282,8 @@ class Engine:
             self._prompts[key] = ([(layer.keys, layer.values) for layer in cache.layers], logits)
             if len(self._prompts) > self.prompt_cache_size:
                 self._prompts.popitem(last=False)
-        row = Sequence(request, self)
+        constraint = self.vocab.constraint(request.grammar) if request.grammar else None
+        row = Sequence(request, self.tokenizer, self.eos, constraint)
         token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:
             self._batch.join(row, cache, length, token)

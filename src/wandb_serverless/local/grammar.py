@@ -104,11 +104,6 @@ class Vocabulary:
         self.vocab_size = vocab_size
         self.ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
 
-    def validate(self, grammar: str) -> None:
-        ok, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
-        if not ok:
-            raise GrammarError("; ".join(messages) or "invalid grammar")
-
     def constraint(self, grammar: str) -> Constraint:
         return Constraint(self, grammar)
 

@@ -11,25 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wandb_serverless.chat.params import LOCAL_REJECTED
 from wandb_serverless.local import grammar
-from wandb_serverless.local.engine import SamplingParams
+from wandb_serverless.local.engine_api import SamplingParams
 from wandb_serverless.local.tools import UnsupportedContentError, prepare_messages
-
-# Accepted by vLLM but not by this backend: setting them is a 400, never silently ignored.
-UNSUPPORTED = {
-    "echo": False,
-    "prompt_logprobs": None,
-    "bad_words": None,
-    "allowed_token_ids": None,
-    "use_beam_search": False,
-    "logits_processors": None,
-    "guided_json": None,
-    "guided_regex": None,
-    "guided_choice": None,
-    "guided_grammar": None,
-    "documents": None,
-    "chat_template": None,
-}
 
 
 class BadRequest(ValueError):
@@ -130,9 +115,11 @@ def _template_variables(kwargs: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _unsupported(request: ChatCompletionRequest) -> None:
+    """Parameters vLLM takes and this backend does not (``chat.params``: local "rejected") are a
+    400 when set to anything but their default: never silently ignored."""
     extras = request.model_extra or {}
-    for key, default in UNSUPPORTED.items():
-        if key in extras and extras[key] not in (default, None, False, [], {}):
+    for key in LOCAL_REJECTED:
+        if key in extras and extras[key] not in (None, False, [], {}):
             hint = (
                 " (use structured_outputs or response_format)" if key.startswith("guided_") else ""
             )

@@ -15,27 +15,41 @@ docs/local-backend.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
-import shutil
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wandb_serverless.local.state import JobRow, PathOutsideError, State, inside
-from wandb_serverless.local.tools import prepare_messages
-from wandb_serverless.models import ArtifactRef
-from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup, choice_to_message
+from wandb_serverless.local.artifacts import (
+    OPTIMIZER_FILE,
+    TrainingError,
+    read_rows,
+    resolve_dataset,
+    unreadable,
+    write_checkpoint,
+)
+from wandb_serverless.local.logprobs import batch_logprobs, prefix_batches, shared_prefix_logprobs
+from wandb_serverless.local.rl_data import Sample, Tokenization, rl_samples
+from wandb_serverless.local.state import JobRow, State
+from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+
+__all__ = [
+    "Sample",
+    "Tokenization",
+    "TrainingError",
+    "TrainingWorker",
+    "batch_logprobs",
+    "prefix_batches",
+    "rl_samples",
+    "shared_prefix_logprobs",
+]
 
 log = logging.getLogger(__name__)
 # peft reads transformers' deprecated `is_gradient_checkpointing` on every adapter save: noise
@@ -46,331 +60,15 @@ DEFAULT_RL_LR = 5e-4  # LoRA on a 135M model (rl_probe.md); hosted W&B's default
 DEFAULT_SFT_LR = 5e-4
 DEFAULT_SFT_BATCH = 4
 SFT_CONFIG_KEYS = {"batch_size", "learning_rate", "assistant_turns", "metric_logging"}
-OPTIMIZER_FILE = "optimizer.pt"
 #: "1": a fresh AdamW per RL job, the recipe before optimizer state was kept (for comparisons)
 RESET_OPTIMIZER = "WANDB_SERVERLESS_RESET_OPTIMIZER"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
-_TOKEN_ID = re.compile(r"^token_id:(\d+)$")
-
-
-class TrainingError(Exception):
-    """A job that cannot run; its message becomes ``training_failed.error_message``."""
-
-
-@dataclass
-class Sample:
-    """One trainable sequence: loss on ``ids[start:]``."""
-
-    ids: list[int]
-    start: int
-    advantage: float = 1.0
-    old_logprobs: list[float] | None = None
-
-
-# -- turning data into token sequences ---------------------------------------------------------
-
-
-class Tokenization:
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.eos = tokenizer.eos_token_id
-
-    def render(
-        self, messages: list[dict], tools: list[dict] | None, generation_prompt: bool
-    ) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            prepare_messages(messages, tools),
-            tokenize=False,
-            add_generation_prompt=generation_prompt,
-        )
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def completion_ids(self, message: dict) -> list[int]:
-        text = prepare_messages([message], None)[0]["content"]
-        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.eos]
-
-    def assistant_spans(
-        self, messages: list[dict], tools: list[dict] | None, turns: str = "all"
-    ) -> tuple[list[int], list[bool]]:
-        """The whole conversation's ids and a mask that is True on assistant tokens (of every
-        assistant turn, or with ``turns="last"`` only the last one's)."""
-        ids: list[int] = []
-        mask: list[bool] = []
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant" or (turns == "last" and i != last):
-                continue
-            prompt = self.render(messages[:i], tools, True)
-            full = prompt + self.completion_ids(message)
-            if full[: len(ids)] != ids:
-                raise TrainingError(
-                    "the chat template does not extend earlier turns; cannot mask assistant tokens"
-                )
-            mask += [False] * (len(prompt) - len(ids)) + [True] * (len(full) - len(prompt))
-            ids = full
-        return ids, mask
-
-
-def _choice_tokens(choice: Any) -> tuple[list[int] | None, list[int] | None, list[float] | None]:
-    extra = choice.model_extra or {}
-    entries = (choice.logprobs.content or []) if choice.logprobs else []
-    logprobs = [e.logprob for e in entries] or None
-    token_ids = extra.get("token_ids")
-    if token_ids is None and entries:
-        parsed = [_TOKEN_ID.match(e.token) for e in entries]
-        if all(parsed):
-            token_ids = [int(m.group(1)) for m in parsed]  # type: ignore[union-attr]
-    return extra.get("prompt_token_ids"), token_ids, logprobs
-
-
-def rl_samples(
-    groups: list[TrajectoryGroup], tok: Tokenization, config: dict[str, Any]
-) -> tuple[list[Sample], dict[str, float]]:
-    scale = config.get("normalize_advantages", config.get("scale_rewards", True))
-    scale = True if scale is None else scale
-    without_logprobs = bool(config.get("allow_training_without_logprobs"))
-    samples: list[Sample] = []
-    rewards, stds, trainable_groups = [], [], 0
-    for group in groups:
-        values = group.rewards
-        rewards += values
-        std = group.reward_std()
-        stds.append(std)
-        if not group.has_signal():
-            continue
-        trainable_groups += 1
-        mean = sum(values) / len(values)
-        for trajectory in group.trajectories:
-            advantage = (trajectory.reward - mean) / (std + 1e-6 if scale else 1.0)
-            if advantage == 0:
-                continue
-            samples += _trajectory_samples(trajectory, advantage, tok, without_logprobs)
-    stats = {
-        "reward": sum(rewards) / max(1, len(rewards)),
-        "reward_std_dev": sum(stds) / max(1, len(stds)),
-        "num_trajectories": float(len(rewards)),
-        "num_groups_submitted": float(len(groups)),
-        "num_groups_trainable": float(trainable_groups),
-    }
-    return samples, stats
-
-
-def _trajectory_samples(
-    trajectory: Trajectory, advantage: float, tok: Tokenization, without_logprobs: bool
-) -> list[Sample]:
-    samples = []
-    for history in [trajectory, *trajectory.additional_histories]:
-        context: list[dict] = []
-        for item in history.messages_and_choices:
-            if isinstance(item, dict):
-                if item["role"] == "assistant" and without_logprobs:
-                    prompt = tok.render(context, history.tools, True)
-                    samples.append(
-                        Sample(prompt + tok.completion_ids(item), len(prompt), advantage)
-                    )
-                context.append(item)
-                continue
-            if item.logprobs is not None or without_logprobs:
-                samples.append(_choice_sample(item, context, history.tools, advantage, tok))
-            context.append(choice_to_message(item))
-    for exchange in trajectory.exchanges.chat_completions if trajectory.exchanges else []:
-        messages = exchange.request.get("messages") or []
-        tools = exchange.request.get("tools")
-        for choice in exchange.choices():
-            if choice.logprobs is not None or without_logprobs:
-                samples.append(_choice_sample(choice, messages, tools, advantage, tok))
-    return samples
-
-
-def _choice_sample(
-    choice: Any, context: list[dict], tools: list[dict] | None, advantage: float, tok: Tokenization
-) -> Sample:
-    """One model turn: the recorded prompt and completion ids when present (no retokenising
-    drift), else the chat template's; the recorded logprobs when they match the tokens."""
-    prompt_ids, token_ids, logprobs = _choice_tokens(choice)
-    if prompt_ids is None:
-        prompt_ids = tok.render(context, tools, True)
-    if token_ids is None:
-        token_ids = tok.completion_ids(choice_to_message(choice))
-    if logprobs is not None and len(logprobs) != len(token_ids):
-        logprobs = None
-    return Sample(list(prompt_ids) + list(token_ids), len(prompt_ids), advantage, logprobs)
 
 
 def _adamw(model: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
     )
-
-
-def batch_logprobs(model: Any, samples: list[Sample]) -> list[torch.Tensor]:
-    """Log-probabilities of each sample's completion tokens, for a right-padded batch.
-
-    The decoder runs once for the batch; the (49k-wide) LM head is applied only at the
-    positions that predict completion tokens, as in rl_probe.md's recipe.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    longest = max(len(s.ids) for s in samples)
-    ids = torch.zeros(len(samples), longest, dtype=torch.long)
-    mask = torch.zeros(len(samples), longest, dtype=torch.long)
-    for row, sample in enumerate(samples):
-        ids[row, : len(sample.ids)] = torch.tensor(sample.ids)
-        mask[row, : len(sample.ids)] = 1
-    hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows = torch.cat([torch.full((len(s.ids) - s.start,), i) for i, s in enumerate(samples)])
-    cols = torch.cat([torch.arange(s.start - 1, len(s.ids) - 1) for s in samples])
-    targets = torch.cat([torch.tensor(s.ids[s.start :]) for s in samples])
-    logits = inner.lm_head(hidden[rows, cols]).float()
-    logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-    return list(logprobs.split([len(s.ids) - s.start for s in samples]))
-
-
-def shared_prefix_logprobs(model: Any, samples: list[Sample], prefix: int) -> list[torch.Tensor]:
-    """Like :func:`batch_logprobs` for samples whose first ``prefix`` tokens are the same (a
-    GRPO group's prompt; the system prompt and tools of every turn of a multi-turn agent): the
-    prefix runs once (gradients flow through its KV cache), the rest runs as one padded batch."""
-    if prefix < 1:
-        return batch_logprobs(model, samples)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = inner.model(input_ids=torch.tensor([samples[0].ids[:prefix]]), use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(len(samples))
-    lengths = [len(s.ids) - 1 - prefix for s in samples]  # inputs after the prefix
-    longest = max(lengths)
-    inputs = torch.zeros(len(samples), longest, dtype=torch.long)
-    mask = torch.zeros(len(samples), prefix + longest, dtype=torch.long)
-    mask[:, :prefix] = 1
-    for row, sample in enumerate(samples):
-        inputs[row, : lengths[row]] = torch.tensor(sample.ids[prefix:-1])
-        mask[row, prefix : prefix + lengths[row]] = 1
-    positions = torch.arange(prefix, prefix + longest)[None].expand(len(samples), -1)
-    hidden = inner.model(
-        input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache
-    ).last_hidden_state
-    rows = torch.cat([torch.full((len(s.ids) - s.start,), i) for i, s in enumerate(samples)])
-    cols = torch.cat([torch.arange(s.start - 1 - prefix, len(s.ids) - 1 - prefix) for s in samples])
-    targets = torch.cat([torch.tensor(s.ids[s.start :]) for s in samples])
-    logits = inner.lm_head(hidden[rows, cols]).float()
-    logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-    return list(logprobs.split([len(s.ids) - s.start for s in samples]))
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
-def prefix_batches(samples: list[Sample], max_tokens: int = 4096) -> list[tuple[int, list[Sample]]]:
-    """Samples packed into batches that share a token prefix, as ``(prefix length, batch)``.
-
-    Sorted by their tokens, neighbours share the longest prefixes; a batch ends where the next
-    sample would halve its prefix or take it over ``max_tokens`` padded tokens after the prefix.
-    The prefix stops before every sample's first completion token, whose logprob needs the
-    position before it.
-    """
-    ordered = sorted(samples, key=lambda s: s.ids)
-    batches: list[tuple[int, list[Sample]]] = []
-    prefix, batch = 0, []
-    for sample in ordered:
-        if batch:
-            shared = min(prefix, _common_prefix(batch[0].ids, sample.ids), sample.start - 1)
-            longest = max(len(s.ids) for s in (*batch, sample)) - shared
-            if shared >= prefix // 2 and longest * (len(batch) + 1) <= max_tokens:
-                prefix = shared
-                batch.append(sample)
-                continue
-            batches.append((prefix, batch))
-        prefix, batch = sample.start - 1, [sample]
-    if batch:
-        batches.append((prefix, batch))
-    return batches
-
-
-# -- SFT data ----------------------------------------------------------------------------------
-
-ROLES = {"system", "developer", "user", "assistant", "tool"}
-
-
-def validate_row(row: Any, number: int) -> dict[str, Any]:
-    """One train.jsonl row, or TrainingError naming the row (1-based) and what is wrong."""
-    where = f"row {number}"
-    if (
-        not isinstance(row, dict)
-        or not isinstance(row.get("messages"), list)
-        or not row["messages"]
-    ):
-        raise TrainingError(f"{where}: 'messages' must be a non-empty list")
-    for i, message in enumerate(row["messages"]):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise TrainingError(f"{where}: messages[{i}].role must be one of {sorted(ROLES)}")
-    if row["messages"][-1]["role"] != "assistant":
-        raise TrainingError(f"{where}: the last message must be from the assistant")
-    tools = row.get("tools")
-    if tools is not None and not (
-        isinstance(tools, list)
-        and all(
-            isinstance(t, dict) and t.get("type") == "function" and "name" in t.get("function", {})
-            for t in tools
-        )
-    ):
-        raise TrainingError(f"{where}: 'tools' must be OpenAI function tools")
-    return row
-
-
-def resolve_dataset(url: str, state: State, sft_data_dir: Path | None = None) -> Path:
-    """A ``wandb-artifact:///`` dataset in the local artifact store, or a ``file://`` path
-    inside ``sft_data_dir`` (the server's explicit opt-in; refused without one)."""
-    if url.startswith("file://"):
-        if sft_data_dir is None:
-            raise TrainingError(
-                "file:// datasets are refused (start the server with --sft-data-dir)"
-            )
-        try:
-            return inside(sft_data_dir, Path(url[len("file://") :]))
-        except PathOutsideError:
-            raise TrainingError(_unreadable(url)) from None
-    try:
-        ref = ArtifactRef.parse(url)
-        base = state.inside(state.artifacts_dir, ref.entity, ref.project, ref.name)
-    except (ValueError, PathOutsideError) as exc:
-        raise TrainingError(str(exc)) from None
-    alias = ref.alias or "latest"
-    if alias == "latest" and base.is_dir():
-        versions = sorted(
-            (p for p in base.iterdir() if re.fullmatch(r"v\d+", p.name)),
-            key=lambda p: int(p.name[1:]),
-        )
-        alias = versions[-1].name if versions else alias
-    path = state.inside(base, alias)
-    for name in ("train.jsonl", "trajectories.jsonl"):
-        if (path / name).is_file():
-            return path / name
-    raise TrainingError(f"training data {url!r} was not found in the local artifact store")
-
-
-def _unreadable(url: str) -> str:
-    # one text for missing, unreadable and invalid data outside the store: an error must not
-    # tell a caller whether some path exists
-    return f"training data {url!r} could not be used: it must be a readable, valid train.jsonl"
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError:
-                raise TrainingError(f"row {number}: not valid JSON") from None
-            if path.name == "trajectories.jsonl":  # one Trajectory per line
-                trajectory = Trajectory.model_validate(data)
-                data = {"messages": trajectory.messages(), "tools": trajectory.tools}
-            rows.append(validate_row(data, number))
-    if not rows:
-        raise TrainingError(f"{path.name} has no rows")
-    return rows
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -489,16 +187,7 @@ class TrainingWorker:
         checkpoint keeps its optimizer."""
         previous = self.state.checkpoint(job.model_id, None)
         step = (previous.step if previous else 0) + 1
-        target = self.state.adapters_dir / job.model_id / f"step{step}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
-        try:
-            model.save_pretrained(tmp)
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        target = write_checkpoint(self.state, job.model_id, step, model, optimizer)
         self.state.add_checkpoint(job.model_id, step, target)
         self.state.set_metrics(job.model_id, step, metrics)
         if previous is not None:
@@ -591,7 +280,7 @@ class TrainingWorker:
             try:
                 rows = read_rows(path)
             except (OSError, TrainingError, ValueError):
-                raise TrainingError(_unreadable(url)) from None
+                raise TrainingError(unreadable(url)) from None
         else:
             rows = read_rows(path)
         rows *= max(1, epochs)

@@ -1,0 +1,105 @@
+"""W&B's ``/v1/preview`` models API, served locally: models, their checkpoints, and logging."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.exceptions import HTTPException
+
+from wandb_serverless.api.types import DeleteCheckpointsRequest, LogRequest, ModelCreate
+from wandb_serverless.local.artifacts import adapter_name, delete_checkpoints
+from wandb_serverless.local.backend import Backend, backend_of, require_key
+from wandb_serverless.local.checks import invalid, log_metrics, require_finite
+from wandb_serverless.local.state import ModelRow, page
+from wandb_serverless.models import NAME_RULE, is_valid_name
+
+router = APIRouter(prefix="/v1/preview/models", dependencies=[Depends(require_key)])
+
+
+def model_or_404(backend: Backend, model_id: str) -> ModelRow:
+    model = backend.state.get_model(model_id)
+    if model is None:
+        raise HTTPException(404, f"Model {model_id} not found")
+    return model
+
+
+@router.post("")
+async def create_model(body: ModelCreate, backend: Backend = Depends(backend_of)) -> dict[str, Any]:
+    state = backend.state
+    entity = body.entity or backend.default_entity
+    for label, value in (("entity", entity), ("project", body.project), ("name", body.name)):
+        if not is_valid_name(value):
+            raise invalid(["body", label], f"use {NAME_RULE}")
+    if body.base_model not in backend.trainable_base_models():
+        raise HTTPException(
+            400,
+            f"base model {body.base_model!r} is not served here; this backend trains {backend.model_id!r}",
+        )
+    existing = state.find_model(entity, body.project, body.name)
+    if existing is not None:
+        if not body.return_existing:
+            raise HTTPException(
+                409, f"Model '{body.name}' already exists in {entity}/{body.project}"
+            )
+        return existing.as_response()
+    return state.create_model(entity, body.project, body.name, backend.model_id).as_response()
+
+
+@router.get("")
+async def list_models(backend: Backend = Depends(backend_of)) -> list[dict[str, Any]]:
+    """Local extension (W&B's API has no list): the registered models, oldest first."""
+    state = backend.state
+    return [{**m.as_response(), "latest_step": state.latest_step(m.id)} for m in state.all_models()]
+
+
+@router.delete("/{model_id}")
+async def delete_model(model_id: str, backend: Backend = Depends(backend_of)) -> dict[str, Any]:
+    model_or_404(backend, model_id)
+    for checkpoint in backend.state.checkpoints(model_id):
+        backend.engine.drop_adapter(adapter_name(checkpoint.id))
+    count = backend.state.delete_model(model_id)
+    delete_checkpoints(backend.state, model_id)
+    return {"model_id": model_id, "deleted_checkpoints": count, "deleted_run": True}
+
+
+@router.get("/{model_id}/checkpoints")
+async def list_checkpoints(
+    model_id: str,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "asc",
+    backend: Backend = Depends(backend_of),
+) -> dict[str, Any]:
+    model_or_404(backend, model_id)
+    state = backend.state
+    items = [
+        {"id": c.id, "step": c.step, "metrics": state.metrics(model_id, c.step)}
+        for c in state.checkpoints(model_id, order)
+    ]
+    return page(items, after, limit)
+
+
+@router.delete("/{model_id}/checkpoints")
+async def delete_model_checkpoints(
+    model_id: str,
+    body: DeleteCheckpointsRequest = Body(...),
+    backend: Backend = Depends(backend_of),
+) -> dict[str, Any]:
+    model_or_404(backend, model_id)
+    deleted, missing = backend.state.delete_checkpoints(model_id, body.steps)
+    for checkpoint in deleted:
+        backend.engine.drop_adapter(adapter_name(checkpoint.id))
+    delete_checkpoints(backend.state, model_id, [c.path for c in deleted])
+    return {"deleted_count": len(deleted), "not_found_steps": missing}
+
+
+@router.post("/{model_id}/log")
+async def log(
+    model_id: str, body: LogRequest, backend: Backend = Depends(backend_of)
+) -> dict[str, Any]:
+    model_or_404(backend, model_id)
+    require_finite(body.trajectory_groups)
+    state = backend.state
+    state.set_metrics(model_id, state.latest_step(model_id), log_metrics(body))
+    return {}

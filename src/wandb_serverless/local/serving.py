@@ -1,0 +1,302 @@
+"""Serving one chat completion: the request becomes an engine plan (off the event loop), ``n``
+engine sequences run, and their events become an OpenAI response or an SSE stream (text, tool
+calls parsed from the model's markup, logprobs, token ids, usage)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import StreamingResponse
+
+from wandb_serverless.local.backend import Backend
+from wandb_serverless.local.engine_api import (
+    DoneEvent,
+    GenerationRequest,
+    QueueFullError,
+    TokenEvent,
+)
+from wandb_serverless.local.protocol import ChatCompletionRequest, Plan
+from wandb_serverless.local.tools import ParsedCall, ToolStreamParser, parse_tool_calls
+
+ARGUMENT_FRAGMENT = 16  # characters per streamed tool-argument delta
+
+
+async def serve_chat(backend: Backend, body: ChatCompletionRequest, request: Request) -> Any:
+    """``POST /v1/chat/completions``: a response body, or a streaming response."""
+    adapter = backend.resolve_model(body.model)
+    run = await backend.off_loop(backend.prepare, body)
+    call = ChatCall(backend, body, run, adapter)
+    call.submit()
+    if body.stream:
+        return StreamingResponse(call.stream(), media_type="text/event-stream")
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, call))
+    try:
+        return await call.complete()
+    finally:
+        watcher.cancel()
+        call.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, call: ChatCall) -> None:
+    """Stop decoding a non-streaming request whose client went away (its body is read, so the
+    next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    call.cancel()
+
+
+class ChatCall:
+    """One chat request in flight: n engine sequences feeding one asyncio queue."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        body: ChatCompletionRequest,
+        run: Plan,
+        adapter: tuple[str, str] | None,
+    ) -> None:
+        self.backend, self.body, self.plan = backend, body, run
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = body.model or backend.model_id
+        self.queue: asyncio.Queue[tuple[int, TokenEvent | DoneEvent]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        name, path = adapter or (None, None)
+        self.requests: list[GenerationRequest] = []
+        for index in range(body.n):
+            params = run.params
+            if params.seed is not None and index:
+                params = replace(params, seed=params.seed + index)
+
+            def sink(event: TokenEvent | DoneEvent, index: int = index) -> None:
+                loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+            self.requests.append(
+                GenerationRequest(run.prompt_ids, params, sink, run.grammar, name, path)
+            )
+
+    def submit(self) -> None:
+        try:
+            for request in self.requests:
+                self.backend.engine.submit(request)
+        except QueueFullError:
+            self.cancel()
+            raise HTTPException(
+                429, "Concurrency limit reached for requests", headers={"Retry-After": "1"}
+            ) from None
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancelled.set()
+
+    # -- shared pieces -----------------------------------------------------------------------
+
+    def logprob(self, event: TokenEvent) -> dict[str, Any]:
+        as_ids = self.body.return_tokens_as_token_ids
+        entry = self.backend.token_text.entry(event.token_id, event.logprob, as_ids)
+        entry["top_logprobs"] = [
+            self.backend.token_text.entry(t, lp, as_ids) for t, lp in event.top_logprobs
+        ]
+        return entry
+
+    def _usage(self, completion_tokens: int) -> dict[str, Any]:
+        prompt = len(self.plan.prompt_ids)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": max(r.cached_tokens for r in self.requests)},
+        }
+
+    def _envelope(self, obj: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.backend.fingerprint,
+        }
+
+    @staticmethod
+    def _raise_error(done: DoneEvent) -> None:
+        if done.finish_reason != "error":
+            return
+        if done.client_error:
+            raise HTTPException(400, done.error)
+        raise HTTPException(
+            500, f"The server had an error while processing your request: {done.error}"
+        )
+
+    # -- non-streaming -----------------------------------------------------------------------
+
+    async def complete(self) -> dict[str, Any]:
+        n = len(self.requests)
+        tokens: list[list[TokenEvent]] = [[] for _ in range(n)]
+        done: list[DoneEvent | None] = [None] * n
+        while any(d is None for d in done):
+            index, event = await self.queue.get()
+            if isinstance(event, TokenEvent):
+                tokens[index].append(event)
+            else:
+                self._raise_error(event)
+                done[index] = event
+        choices = [self._choice(i, tokens[i], d) for i, d in enumerate(done) if d]
+        body = {
+            **self._envelope("chat.completion"),
+            "choices": choices,
+            "usage": self._usage(sum(len(t) for t in tokens)),
+        }
+        if self.body.return_token_ids:
+            body["prompt_token_ids"] = self.plan.prompt_ids
+        return body
+
+    def _choice(self, index: int, events: list[TokenEvent], done: DoneEvent) -> dict[str, Any]:
+        text = "".join(e.text for e in events) + done.text
+        content: str | None = text
+        calls: list[ParsedCall] = []
+        if self.plan.tool_mode != "none":
+            forced_cut = self.plan.tool_mode == "forced" and done.finish_reason == "length"
+            content, calls = parse_tool_calls(text, self.plan.tool_names, cut_off=forced_cut)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [c.to_openai() for c in calls]
+        finish = "tool_calls" if calls and done.finish_reason == "stop" else done.finish_reason
+        choice: dict[str, Any] = {
+            "index": index,
+            "message": message,
+            "logprobs": {"content": [self.logprob(e) for e in events]}
+            if self.body.logprobs
+            else None,
+            "finish_reason": finish,
+            "stop_reason": done.stop_reason,
+        }
+        if self.body.return_token_ids:
+            choice["token_ids"] = [e.token_id for e in events]
+        return choice
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def chunk(self, index: int, delta: dict[str, Any], **extra: Any) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None, **extra}
+        body = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    async def stream(self) -> AsyncIterator[str]:
+        choices = [_StreamedChoice(self, i) for i in range(len(self.requests))]
+        completion_tokens = finished = 0
+        try:
+            for choice in choices:
+                yield choice.opening()
+            while finished < len(choices):
+                i, event = await self.queue.get()
+                if isinstance(event, TokenEvent):
+                    completion_tokens += 1
+                    for chunk in choices[i].token(event):
+                        yield chunk
+                    continue
+                finished += 1
+                if event.finish_reason == "error":
+                    yield _error_chunk(event)
+                    return
+                for chunk in choices[i].done(event):
+                    yield chunk
+            options = self.body.stream_options
+            if options is not None and options.include_usage:
+                usage = {**self._envelope("chat.completion.chunk"), "choices": []}
+                usage["usage"] = self._usage(completion_tokens)
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel()
+
+
+def _error_chunk(event: DoneEvent) -> str:
+    kind, code = ("invalid_request_error", 400) if event.client_error else ("server_error", 500)
+    error = {"message": event.error, "type": kind, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"
+
+
+class _StreamedChoice:
+    """One choice of a stream: its tool-call parser and the logprobs and token ids not yet
+    sent (they ride on the next chunk that carries text or a call)."""
+
+    def __init__(self, call: ChatCall, index: int) -> None:
+        self.call, self.index = call, index
+        plan = call.plan
+        self.parser = (
+            ToolStreamParser(plan.tool_names, forced=plan.tool_mode == "forced")
+            if plan.tool_mode != "none"
+            else None
+        )
+        self.logprobs: list[dict[str, Any]] = []
+        self.token_ids: list[int] = []
+        self.tool_index = 0
+
+    def opening(self) -> str:
+        first: dict[str, Any] = {}
+        if self.call.body.return_token_ids:
+            first["prompt_token_ids"] = self.call.plan.prompt_ids
+        return self.call.chunk(self.index, {"role": "assistant", "content": ""}, **first)
+
+    def token(self, event: TokenEvent) -> list[str]:
+        if self.call.body.logprobs:
+            self.logprobs.append(self.call.logprob(event))
+        self.token_ids.append(event.token_id)
+        return self._emit(self.parser.feed(event.text) if self.parser else [event.text])
+
+    def done(self, event: DoneEvent) -> list[str]:
+        tail: list[str | ParsedCall] = [event.text]
+        if self.parser:
+            tail = [*self.parser.feed(event.text), *self.parser.finish()]
+        chunks = self._emit(tail)
+        reason = event.finish_reason
+        if self.tool_index and reason == "stop":
+            reason = "tool_calls"
+        chunks.append(
+            self.call.chunk(
+                self.index,
+                {},
+                finish_reason=reason,
+                stop_reason=event.stop_reason,
+                **self._extras(),
+            )
+        )
+        return chunks
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.call.body.logprobs:
+            out["logprobs"] = {"content": self.logprobs}
+            self.logprobs = []
+        if self.call.body.return_token_ids:
+            out["token_ids"] = self.token_ids
+            self.token_ids = []
+        return out
+
+    def _emit(self, pieces: list[str | ParsedCall]) -> list[str]:
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                if piece:
+                    out.append(self.call.chunk(self.index, {"content": piece}, **self._extras()))
+                continue
+            k, self.tool_index = self.tool_index, self.tool_index + 1
+            head = {"index": k, "id": piece.id, "type": "function"}
+            head["function"] = {"name": piece.name, "arguments": ""}
+            out.append(self.call.chunk(self.index, {"tool_calls": [head]}, **self._extras()))
+            args = piece.arguments
+            for start in range(0, len(args), ARGUMENT_FRAGMENT):
+                fragment = {
+                    "index": k,
+                    "function": {"arguments": args[start : start + ARGUMENT_FRAGMENT]},
+                }
+                out.append(self.call.chunk(self.index, {"tool_calls": [fragment]}))
+        return out
