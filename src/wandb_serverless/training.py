@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from wandb_serverless.api import Client
+from wandb_serverless.api import APIStatusError, Client
 from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import sft_row
@@ -74,6 +74,35 @@ class TrainableModel:
         self.id, self.entity, self.run_id = created.id, created.entity, created.run_id
         self.history_path = Path(history_dir) / f"{self.entity}-{project}-{name}.jsonl"
         self.progress = progress
+
+    @classmethod
+    def from_id(
+        cls, model_id: str, *, client: Client | None = None, **options: Any
+    ) -> TrainableModel:
+        """The registered model with this ID. W&B's training API has no lookup by ID (only
+        create-or-get by name), so this works where models can be listed: a local backend. On
+        W&B, build it by name: ``TrainableModel(name, project, base_model)``."""
+        client = client or Client()
+        try:
+            models = client.models.list()
+        except APIStatusError as exc:
+            if exc.status_code not in (404, 405):
+                raise
+            raise ValueError(
+                "W&B's training API cannot look a model up by ID: give its name, project and "
+                "base model instead (CLI: --name N --project P --base-model B)"
+            ) from None
+        for model in models:
+            if model.id == model_id:
+                return cls(
+                    model.name,
+                    model.project,
+                    model.base_model,
+                    model.entity,
+                    client=client,
+                    **options,
+                )
+        raise ValueError(f"no model with ID {model_id!r} is registered at {client.base_url}")
 
     def __repr__(self) -> str:
         return f"TrainableModel({self.entity}/{self.project}/{self.name}, id={self.id})"

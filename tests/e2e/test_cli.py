@@ -202,6 +202,9 @@ def test_import_and_train_from_weave_each_rollout_once(backend, oai, tmp_path):
             1,
             "is not served here",
         ),
+        (["train", "rl", "--groups", "g.json"], 1, "pass --model-id ID, or --name NAME"),
+        (["train", "sft", "--model-id", "no-such-model", "--data", "x"], 1, "no model with ID"),
+        (["train", "sft", "--name", "n", "--data", "x"], 1, "--name needs --project"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_an_exit_code(backend, args, code, message):
@@ -230,6 +233,18 @@ def test_models_list_on_a_server_without_a_list_says_how_to_get_an_id(fault_serv
     """W&B's training API has no model list: the CLI says how to get an ID instead."""
     result = cli("models", "list", "--base-url", fault_server.url, "--api-key", "k", check=False)
     assert result.returncode == 1 and "--return-existing" in result.stderr
+
+
+def test_train_by_id_on_a_server_that_cannot_look_it_up_asks_for_the_name(fault_server):
+    """W&B's training API has no lookup by ID: the CLI says what to give instead, before
+    anything is published or posted."""
+    result = cli(
+        *("train", "sft", "--model-id", "m1", "--data", "wandb-artifact:///e/p/d:v0"),
+        *("--base-url", fault_server.url, "--api-key", "k"),
+        check=False,
+    )
+    assert result.returncode == 1 and "--name N --project P --base-model B" in result.stderr
+    assert [r.method for r in fault_server.requests] == ["GET"]
 
 
 def test_serve_fails_at_once_when_the_port_is_taken():

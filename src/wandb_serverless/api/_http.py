@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 
-from wandb_serverless import __version__
 from wandb_serverless.api.errors import (
     APIConnectionError,
     APIStatusError,
@@ -25,6 +24,7 @@ from wandb_serverless.api.errors import (
     error_for_response,
     parse_retry_after,
 )
+from wandb_serverless.version import __version__
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 524})
 IDEMPOTENT_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -25,36 +25,26 @@ from wandb_serverless.api._http import (
 from wandb_serverless.api.errors import (
     APIStatusError,
     APITimeoutError,
-    TrainingJobFailedError,
     error_for_response,
 )
+from wandb_serverless.api.resources import (
+    BaseModels,
+    Checkpoints,
+    Events,
+    LocalArtifacts,
+    Models,
+    TrainingJobs,
+    check_event,
+)
 from wandb_serverless.api.types import (
-    CheckpointResponse,
-    CreateSFTTrainingJob,
-    CreateTrainingJob,
-    DeleteCheckpointsRequest,
-    DeleteCheckpointsResponse,
-    DeleteModelResponse,
-    ExperimentalTrainingConfig,
-    LogRequest,
-    ModelCreate,
     ModelInfo,
-    ModelResponse,
-    Page,
-    RegisteredModel,
-    SFTTrainingConfig,
     SystemCheck,
     TrainingJobEvent,
-    TrainingJobResponse,
 )
 from wandb_serverless.config import Settings
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_TIMEOUT_S = 60.0
-#: Creating a model or a job can take minutes on W&B (over 100 s seen; ART's users report
-#: 524s): the openai SDK's default timeout, not the 60 s of the other calls.
-CREATE_TIMEOUT_S = 600.0
 #: What a local backend calls itself in ``/v1/system-check``.
 LOCAL_BACKEND = "wandb-serverless-local"
 DEFAULT_MAX_RETRIES = 3
@@ -96,204 +86,6 @@ def openai_client(
     return client
 
 
-class _Resource:
-    def __init__(self, client: _BaseClient) -> None:
-        self._client = client
-
-    def _call(self, method: str, path: str, cast: Any = None, **kwargs: Any) -> Any:
-        return self._client._call(method, path, cast=cast, **kwargs)
-
-
-def _dump(body: BaseModel) -> dict[str, Any]:
-    return body.model_dump(mode="json", exclude_none=True)
-
-
-class Models(_Resource):
-    """``/preview/models``: register trainable models, delete them, log metrics."""
-
-    def create(
-        self,
-        *,
-        project: str,
-        name: str,
-        base_model: str,
-        entity: str | None = None,
-        return_existing: bool = False,
-    ) -> ModelResponse:
-        body = ModelCreate(
-            project=project,
-            name=name,
-            base_model=base_model,
-            entity=entity,
-            return_existing=return_existing,
-        )
-        return self._call(
-            "POST",
-            "/preview/models",
-            ModelResponse,
-            json=_dump(body),
-            timeout=CREATE_TIMEOUT_S,
-            idempotent=return_existing,  # registering again returns the same model
-        )
-
-    def list(self) -> list[RegisteredModel]:
-        """The registered models with their IDs. A local backend extension: W&B's training API
-        has no list (404 there; ``create(..., return_existing=True)`` returns a model's ID)."""
-        return self._call("GET", "/preview/models", list[RegisteredModel])
-
-    def delete(self, model_id: str) -> DeleteModelResponse:
-        return self._call("DELETE", f"/preview/models/{model_id}", DeleteModelResponse)
-
-    def log(
-        self, model_id: str, *, split: str, trajectory_groups: Iterable[TrajectoryGroup | dict]
-    ) -> dict[str, Any]:
-        body = LogRequest(split=split, trajectory_groups=list(trajectory_groups))
-        return self._call("POST", f"/preview/models/{model_id}/log", dict, json=_dump(body))
-
-
-class BaseModels(_Resource):
-    def list(self) -> list[str]:
-        """Models this deployment can train."""
-        return self._call("GET", "/preview/base-models", list)
-
-
-class Checkpoints(_Resource):
-    """``/preview/models/{id}/checkpoints``."""
-
-    def list(
-        self,
-        model_id: str,
-        *,
-        after: str | None = None,
-        limit: int | None = None,
-        order: str | None = None,
-    ) -> Page[CheckpointResponse]:
-        params = _params(after=after, limit=limit, order=order)
-        path = f"/preview/models/{model_id}/checkpoints"
-        return self._call("GET", path, Page[CheckpointResponse], params=params)
-
-    def iter(self, model_id: str, *, order: str = "asc", page_size: int = 100) -> Any:
-        """Every checkpoint, paging with ``after``; an async iterator on AsyncClient."""
-
-        def fetch(after: str | None) -> Any:
-            return self.list(model_id, after=after, limit=page_size, order=order)
-
-        return self._client._paginate(fetch)
-
-    def delete(self, model_id: str, steps: Iterable[int]) -> DeleteCheckpointsResponse:
-        body = DeleteCheckpointsRequest(steps=list(steps))
-        path = f"/preview/models/{model_id}/checkpoints"
-        return self._call("DELETE", path, DeleteCheckpointsResponse, json=_dump(body))
-
-
-class Events(_Resource):
-    """``/preview/training-jobs/{id}/events``."""
-
-    def list(
-        self, job_id: str, *, after: str | None = None, limit: int | None = None
-    ) -> Page[TrainingJobEvent]:
-        path = f"/preview/training-jobs/{job_id}/events"
-        return self._call(
-            "GET", path, Page[TrainingJobEvent], params=_params(after=after, limit=limit)
-        )
-
-    def iter(self, job_id: str, *, after: str | None = None, page_size: int = 100) -> Any:
-        """Every event so far (``after`` is exclusive); an async iterator on AsyncClient."""
-
-        def fetch(cursor: str | None) -> Any:
-            return self.list(job_id, after=cursor, limit=page_size)
-
-        return self._client._paginate(fetch, start=after)
-
-    def follow(
-        self,
-        job_id: str,
-        *,
-        after: str | None = None,
-        poll_interval: float = 1.0,
-        timeout: float | None = None,
-    ) -> Any:
-        """Yield events as they come until ``training_ended``.
-
-        ``training_failed`` raises :class:`TrainingJobFailedError` with the server's message.
-        """
-        return self._client._follow(self, job_id, after, poll_interval, timeout)
-
-
-class TrainingJobs(_Resource):
-    """``/preview/training-jobs`` (RL) and ``/preview/sft-training-jobs``."""
-
-    def __init__(self, client: _BaseClient) -> None:
-        super().__init__(client)
-        self.events = Events(client)
-
-    def create(
-        self,
-        *,
-        model_id: str,
-        trajectory_groups: Iterable[TrajectoryGroup | dict],
-        experimental_config: ExperimentalTrainingConfig | dict | None = None,
-    ) -> TrainingJobResponse:
-        """Start an RL job on inline trajectory groups. Never retried once sent."""
-        body = CreateTrainingJob(
-            model_id=model_id,
-            trajectory_groups=list(trajectory_groups),
-            experimental_config=experimental_config,
-        )
-        return self._call(
-            "POST",
-            "/preview/training-jobs",
-            TrainingJobResponse,
-            json=_dump(body),
-            timeout=CREATE_TIMEOUT_S,
-        )
-
-    def create_sft(
-        self,
-        *,
-        model_id: str,
-        training_data_url: str,
-        config: SFTTrainingConfig | dict | None = None,
-        experimental_config: dict[str, Any] | None = None,
-    ) -> TrainingJobResponse:
-        """Start an SFT job on a ``train.jsonl`` artifact."""
-        body = CreateSFTTrainingJob(
-            model_id=model_id,
-            training_data_url=training_data_url,
-            config=config,
-            experimental_config=experimental_config,
-        )
-        path = "/preview/sft-training-jobs"
-        return self._call(
-            "POST", path, TrainingJobResponse, json=_dump(body), timeout=CREATE_TIMEOUT_S
-        )
-
-    def retrieve(self, job_id: str) -> TrainingJobResponse:
-        return self._call("GET", f"/preview/training-jobs/{job_id}", TrainingJobResponse)
-
-
-class LocalArtifacts(_Resource):
-    """The local backend's artifact store (W&B itself stores datasets with the ``wandb`` SDK)."""
-
-    def publish(
-        self,
-        rows: Iterable[dict[str, Any]],
-        *,
-        entity: str,
-        project: str,
-        name: str,
-        filename: str = "train.jsonl",
-        metadata: dict[str, Any] | None = None,
-    ) -> dict[str, str]:
-        """Store rows as a new version: ``{"url": "wandb-artifact:///e/p/name:vN", "version"}``."""
-        body = {"rows": list(rows), "filename": filename, "metadata": metadata or {}}
-        return self._call("POST", f"/local/artifacts/{entity}/{project}/{name}", dict, json=body)
-
-
-def _params(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _parse(response: httpx.Response, cast: Any) -> Any:
     if cast is None:
         return None
@@ -313,12 +105,6 @@ def _parse(response: httpx.Response, cast: Any) -> Any:
     if getattr(cast, "__origin__", None) is not None:  # list[Model] and the like
         return TypeAdapter(cast).validate_python(data)
     return data
-
-
-def _check_event(job_id: str, event: TrainingJobEvent) -> None:
-    if event.type == "training_failed":
-        message = str(event.data.get("error_message") or "no error message")
-        raise TrainingJobFailedError(job_id, message)
 
 
 class _BaseClient:
@@ -394,7 +180,7 @@ class Client(_BaseClient):
         while True:
             for event in events.iter(job_id, after=after):
                 after = event.id
-                _check_event(job_id, event)
+                check_event(job_id, event)
                 yield event
                 if event.is_terminal:
                     return
@@ -475,7 +261,7 @@ class AsyncClient(_BaseClient):
         while True:
             async for event in events.iter(job_id, after=after):
                 after = event.id
-                _check_event(job_id, event)
+                check_event(job_id, event)
                 yield event
                 if event.is_terminal:
                     return
