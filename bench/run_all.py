@@ -120,13 +120,28 @@ def kept_sections(written: dict) -> str:
     return "".join("\n" + p.strip("\n") + "\n" for p in others)
 
 
+SECTIONS = {  # name for --only: (heading, benchmark)
+    "adapter": ("Adapter overhead (µs, medians of 400 interleaved rounds)", bench_adapter_overhead),
+    "hooks": ("Trace hooks (µs, instant loopback server)", bench_hooks),
+    "engine": ("Local engine (SmolLM2-135M fp32, 64 tokens)", bench_engine),
+    "rl": ("RL step (4 groups x 4 trajectories x ~250 tokens)", bench_rl_step),
+}
+
+
+def section(title: str, results: dict[str, float], note: str = "") -> list[str]:
+    lines = [f"## {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| metric | value | target | met |", "| --- | --- | --- | --- |"]
+    for key, value in results.items():
+        target, check = TARGETS.get(key, ("", None))
+        met = "" if check is None else ("yes" if check(value) else "**no**")
+        lines.append(f"| {key} | {value:.3f} | {target} | {met} |")
+    return [*lines, ""]
+
+
 def main() -> None:
-    sections = {
-        "Adapter overhead (µs, medians of 400 interleaved rounds)": bench_adapter_overhead.run(),
-        "Trace hooks (µs, instant loopback server)": bench_hooks.run(),
-        "Local engine (SmolLM2-135M fp32, 64 tokens)": bench_engine.run(),
-        "RL step (4 groups x 4 trajectories x ~250 tokens)": bench_rl_step.run(),
-    }
+    sections = {title: bench.run() for title, bench in SECTIONS.values()}
     lines = [
         "# Benchmark results",
         "",
@@ -134,17 +149,7 @@ def main() -> None:
         "",
     ]
     for title, results in sections.items():
-        lines += [
-            f"## {title}",
-            "",
-            "| metric | value | target | met |",
-            "| --- | --- | --- | --- |",
-        ]
-        for key, value in results.items():
-            target, check = TARGETS.get(key, ("", None))
-            met = "" if check is None else ("yes" if check(value) else "**no**")
-            lines.append(f"| {key} | {value:.3f} | {target} | {met} |")
-        lines.append("")
+        lines += section(title, results)
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n" + kept_sections(sections))
     print("\n".join(lines))
     write_readme(
@@ -155,8 +160,32 @@ def main() -> None:
     bench_learning.main()
 
 
+def rerun(names: list[str]) -> None:
+    """Run only these sections and put them in place in RESULTS.md, each stamped with its own
+    run; the other sections stay as they were. The README's table is redone from the file."""
+    path = HERE / "RESULTS.md"
+    text = path.read_text()
+    stamp = (
+        f"Re-run {datetime.date.today().isoformat()} on {os.cpu_count()} cores with "
+        f"`python bench/run_all.py --only {' '.join(names)}`."
+    )
+    for name in names:
+        title, bench = SECTIONS[name]
+        block = "\n".join(section(title, bench.run(), stamp))
+        parts = re.split(r"^(?=## )", text, flags=re.M)
+        text = "".join(block + "\n" if p.startswith(f"## {title}\n") else p for p in parts)
+        print(block)
+    path.write_text(text)
+    write_readme(*results_on_file())
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--readme-only"]:  # the README's table from the results on file
         write_readme(*results_on_file())
+    elif sys.argv[1:2] == ["--only"]:  # e.g. --only adapter hooks
+        unknown = set(sys.argv[2:]) - set(SECTIONS)
+        if unknown or not sys.argv[2:]:
+            sys.exit(f"--only takes some of {', '.join(SECTIONS)}")
+        rerun(sys.argv[2:])
     else:
         main()
