@@ -84,7 +84,8 @@ README_ROWS = [  # (what, measured, target), formatted with this run's results
 
 def readme_table(results: dict[str, float], date: str) -> str:
     lines = [
-        f"Run {date} on {os.cpu_count()} cores by `make bench` (the same run as bench/RESULTS.md):",
+        f"Run {date} on {os.cpu_count()} cores by `make bench`: the figures of bench/RESULTS.md "
+        "(which says which sections were re-run alone since):",
         "",
         "| what | measured | target |",
         "| --- | --- | --- |",
