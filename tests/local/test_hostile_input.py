@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from wandb_serverless.local.engine import GenerationRequest, SamplingParams, wait_idle
+from wandb_serverless.local.engine_api import OutputConstraint
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -235,14 +236,17 @@ class _BreaksAfter:
         pass
 
 
+FAULT = OutputConstraint("grammar", "fault")
+
+
 class _FaultyGrammars:
-    """The engine's grammar compiler, with one grammar name that compiles to ``_BreaksAfter``."""
+    """The engine's constraint compiler, with one constraint that compiles to ``_BreaksAfter``."""
 
     def __init__(self, real) -> None:
         self.real = real
 
-    def constraint(self, grammar: str):
-        return _BreaksAfter(5) if grammar == "fault" else self.real.constraint(grammar)
+    def constraint(self, spec: OutputConstraint):
+        return _BreaksAfter(5) if spec is FAULT else self.real.constraint(spec)
 
 
 def test_a_row_that_fails_while_decoding_fails_alone(backend, monkeypatch):
@@ -267,7 +271,7 @@ def test_a_row_that_fails_while_decoding_fails_alone(backend, monkeypatch):
     ]
     requests.append(  # ignore_eos: it must not end on its own before the fault
         GenerationRequest(
-            prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(4), "fault"
+            prompt, SamplingParams(max_tokens=16, ignore_eos=True), sink_for(4), FAULT
         )
     )
     for request in requests:

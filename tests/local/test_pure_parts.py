@@ -179,7 +179,7 @@ def planned(tokenizer, **body):
 def test_plan_maps_sampling_fields_and_defaults(tokenizer):
     default = planned(tokenizer)
     assert default.params.max_tokens == 64 and default.params.temperature == 1.0
-    assert default.grammar is None and default.tool_mode == "none"
+    assert default.constraint is None and default.tool_mode == "none"
     assert tokenizer.decode(default.prompt_ids).rstrip().endswith("assistant")
     tuned = planned(
         tokenizer, temperature=0.2, top_p=0.9, top_k=5, max_completion_tokens=7, stop="END",
@@ -203,9 +203,47 @@ def test_plan_maps_sampling_fields_and_defaults(tokenizer):
 def test_plan_tool_modes_and_grammars(tokenizer, body, mode, names, constrained):
     result = planned(tokenizer, **body)
     assert result.tool_mode == mode and result.tool_names == names
-    assert (result.grammar is not None) == constrained
+    assert (result.constraint is not None) == constrained
     rendered = tokenizer.decode(result.prompt_ids)
     assert ("<tools>" in rendered) == (mode != "none")
+
+
+def _as_vllm_guidance_serializes(kind: str, value) -> str:
+    """What vLLM's ``guidance`` structured-output backend makes of ``StructuredOutputsParams(
+    **{kind: value})`` (vllm/v1/structured_output/backend_guidance.py, the same llguidance
+    calls: JSON through its schema converter, the rest through ``grammar_from``)."""
+    from llguidance import LLMatcher, grammar_from
+
+    if kind == "json":
+        return LLMatcher.grammar_from_json_schema(json.dumps(value))
+    if kind == "json_object":
+        return LLMatcher.grammar_from_json_schema('{"type": "object"}')
+    return grammar_from(kind, json.dumps(value) if kind == "choice" else value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}},
+        {"response_format": {"type": "json_object"}},
+        {"structured_outputs": {"regex": "[0-9]{3}"}},
+        {"structured_outputs": {"choice": ["yes", "no"]}},
+        {"structured_outputs": {"grammar": 'root ::= "yes" | "no"'}},
+        {"structured_outputs": {"grammar": 'start: "a" | "b"'}},
+        {"tools": [WEATHER, TIME], "tool_choice": "required"},
+    ],
+)  # fmt: skip
+def test_the_engines_constraint_is_a_spec_vllm_takes_as_it_is(tokenizer, body):
+    """The engine interface carries the constraint as vLLM's StructuredOutputsParams fields, not
+    a compiled grammar: a vLLM engine could pass it on unchanged (checked with the llguidance
+    calls vLLM's guidance backend makes, against this model's vocabulary)."""
+    import llguidance.hf
+    from llguidance import LLMatcher
+
+    constraint = planned(tokenizer, **body).constraint
+    serialized = _as_vllm_guidance_serializes(constraint.kind, constraint.value)
+    vocabulary = llguidance.hf.from_tokenizer(tokenizer, n_vocab=49152)
+    assert LLMatcher.validate_grammar(serialized, vocabulary) == ""
 
 
 @pytest.mark.parametrize(

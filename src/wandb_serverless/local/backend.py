@@ -89,7 +89,8 @@ class Backend:
         )
 
     def prepare(self, body: ChatCompletionRequest) -> Plan:
-        """The engine plan, its grammar checked (CPU work: run it through ``off_loop``)."""
+        """The engine plan, its output constraint checked (CPU work: run it through
+        ``off_loop``)."""
         run = plan(
             body,
             self.loaded.tokenizer,
@@ -97,8 +98,8 @@ class Backend:
             default_max_tokens=self.default_max_tokens,
             vocab_size=self.engine.vocab_size,
         )
-        if run.grammar:
-            self.engine.check_grammar(run.grammar)
+        if run.constraint is not None:
+            self.engine.check_constraint(run.constraint)
         return run
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:

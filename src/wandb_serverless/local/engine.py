@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from wandb_serverless.local.engine_api import (
     DoneEvent,
     GenerationRequest,
+    OutputConstraint,
     QueueFullError,
     SamplingError,
     SamplingParams,
@@ -147,9 +148,9 @@ class Engine:
             raise QueueFullError(f"engine queue is full ({self.max_queue} waiting requests)")
         self._pending.put(request)
 
-    def check_grammar(self, grammar: str) -> None:
-        """Compile the grammar once (off the engine thread): a fault in it is a 400 now."""
-        self.vocab.constraint(grammar)
+    def check_constraint(self, constraint: OutputConstraint) -> None:
+        """Compile the constraint once (off the engine thread): a fault in it is a 400 now."""
+        self.vocab.constraint(constraint)
 
     @property
     def load(self) -> dict[str, int]:
@@ -282,7 +283,8 @@ class Engine:
             self._prompts[key] = ([(layer.keys, layer.values) for layer in cache.layers], logits)
             if len(self._prompts) > self.prompt_cache_size:
                 self._prompts.popitem(last=False)
-        constraint = self.vocab.constraint(request.grammar) if request.grammar else None
+        spec = request.constraint
+        constraint = self.vocab.constraint(spec) if spec is not None else None
         row = Sequence(request, self.tokenizer, self.eos, constraint)
         token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:

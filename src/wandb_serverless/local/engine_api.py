@@ -1,15 +1,15 @@
 """What any engine behind the local server takes and gives: requests (prompt ids, sampling
-parameters, an output grammar as text, a LoRA adapter), token and done events, and the
-``EngineClient`` interface the serving layer uses. The local transformers engine
-(``engine.py``) implements it; a vLLM engine would too (its ``StructuredOutputsParams`` takes
-the same grammar text)."""
+parameters, an output constraint as a specification, a LoRA adapter), token and done events,
+and the ``EngineClient`` interface the serving layer uses. The local transformers engine
+(``engine.py``) implements it; a vLLM engine would too (``OutputConstraint`` holds the fields
+of vLLM's ``StructuredOutputsParams``)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 
 class QueueFullError(RuntimeError):
@@ -18,6 +18,19 @@ class QueueFullError(RuntimeError):
 
 class SamplingError(ValueError):
     """A row's parameters left nothing to sample: that row ends with an error, no other."""
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the output must match, as one field of vLLM's ``StructuredOutputsParams`` (a vLLM
+    engine passes ``StructuredOutputsParams(**{kind: value})``): ``json`` a JSON schema,
+    ``json_object`` True, ``regex`` a pattern, ``choice`` a list of strings, ``grammar`` a Lark
+    grammar in llguidance's dialect (``%json`` included; vLLM's ``guidance`` backend takes it)
+    or GBNF. Each engine compiles it its own way (the local one: ``grammar.compile_constraint``).
+    """
+
+    kind: Literal["json", "json_object", "regex", "choice", "grammar"]
+    value: Any = True
 
 
 @dataclass
@@ -74,7 +87,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     sink: Sink
-    grammar: str | None = None  # the output constraint: a Lark grammar (llguidance's dialect)
+    constraint: OutputConstraint | None = None
     adapter: str | None = None  # a LoRA checkpoint's name; None is the base model
     adapter_path: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -90,8 +103,8 @@ class EngineClient(Protocol):
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request; its events go to ``request.sink`` (``QueueFullError`` if full)."""
 
-    def check_grammar(self, grammar: str) -> None:
-        """Raise ``GrammarError`` if the grammar cannot constrain this model's output."""
+    def check_constraint(self, constraint: OutputConstraint) -> None:
+        """Raise ``GrammarError`` if the constraint cannot constrain this model's output."""
 
     def drop_adapter(self, name: str) -> None:
         """Forget a LoRA adapter (its checkpoint was deleted)."""

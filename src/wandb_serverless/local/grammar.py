@@ -12,7 +12,9 @@ import llguidance
 import llguidance.hf
 import torch
 from llguidance import LLMatcher
-from llguidance.gbnf_to_lark import gbnf_to_lark
+from llguidance.gbnf_to_lark import gbnf_to_lark, is_lark_syntax
+
+from wandb_serverless.local.engine_api import OutputConstraint
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -63,8 +65,9 @@ def choice_grammar(choices: list[str]) -> str:
 
 
 def lark_grammar(grammar: str) -> str:
-    """A Lark grammar, or a GBNF/EBNF one (as vLLM accepts), converted to Lark."""
-    if "::=" in grammar:
+    """A Lark grammar, or a GBNF/EBNF one (as vLLM accepts), converted to Lark. Lark is told
+    apart as llguidance (and so vLLM's guidance backend) does: a line starting ``start:``."""
+    if not is_lark_syntax(grammar):
         try:
             grammar = gbnf_to_lark(grammar)
         except Exception as exc:
@@ -89,12 +92,33 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
-def tool_call_grammar(tools: list[dict[str, Any]]) -> str:
-    """``<tool_call>{json}</tool_call>``: the same format the prompt teaches for ``auto``."""
+def tool_call_lark(tools: list[dict[str, Any]]) -> str:
+    """``<tool_call>{json}</tool_call>`` as Lark (the format the prompt teaches for ``auto``)."""
     schema = json.dumps(_with_compact_whitespace(tool_call_schema(tools)))
-    return LLMatcher.grammar_from_lark(
-        f'start: "{TOOL_CALL_OPEN}" call "{TOOL_CALL_CLOSE}"\ncall: %json {schema}'
-    )
+    return f'start: "{TOOL_CALL_OPEN}" call "{TOOL_CALL_CLOSE}"\ncall: %json {schema}'
+
+
+def _schema(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+_COMPILERS = {
+    "json": lambda value: json_schema_grammar(_schema(value)),
+    "json_object": lambda value: json_object_grammar(),
+    "regex": regex_grammar,
+    "choice": choice_grammar,
+    "grammar": lark_grammar,
+}
+
+
+def compile_constraint(constraint: OutputConstraint) -> str:
+    """The constraint as llguidance's grammar; any fault in it is a ``GrammarError``."""
+    try:
+        return _COMPILERS[constraint.kind](constraint.value)
+    except GrammarError:
+        raise
+    except Exception as exc:  # the grammar library's own errors name what is wrong
+        raise GrammarError(f"{constraint.kind}: {exc}") from None
 
 
 class Vocabulary:
@@ -104,8 +128,8 @@ class Vocabulary:
         self.vocab_size = vocab_size
         self.ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
 
-    def constraint(self, grammar: str) -> Constraint:
-        return Constraint(self, grammar)
+    def constraint(self, spec: OutputConstraint) -> Constraint:
+        return Constraint(self, compile_constraint(spec))
 
 
 class Constraint:

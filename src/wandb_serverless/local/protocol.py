@@ -5,7 +5,6 @@ OpenAI-shaped pieces of responses (logprobs, usage)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wandb_serverless.chat.params import LOCAL_REJECTED
 from wandb_serverless.local import grammar
-from wandb_serverless.local.engine_api import SamplingParams
+from wandb_serverless.local.engine_api import OutputConstraint, SamplingParams
 from wandb_serverless.local.tools import UnsupportedContentError, prepare_messages
 
 
@@ -93,7 +92,7 @@ class Plan:
 
     prompt_ids: list[int]
     params: SamplingParams
-    grammar: str | None
+    constraint: OutputConstraint | None
     tool_names: set[str]
     tool_mode: Literal["none", "auto", "forced"]
 
@@ -173,10 +172,10 @@ def _schema(value: Any, where: str) -> dict[str, Any]:
     return schema
 
 
-def _response_format(fmt: dict[str, Any]) -> Callable[[], str]:
+def _response_format(fmt: dict[str, Any]) -> OutputConstraint:
     kind = fmt.get("type")
     if kind == "json_object":
-        return grammar.json_object_grammar
+        return OutputConstraint("json_object")
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict):
@@ -184,49 +183,34 @@ def _response_format(fmt: dict[str, Any]) -> Callable[[], str]:
         schema = _schema(
             spec.get("schema", spec.get("json_schema")), "response_format.json_schema.schema"
         )
-        return lambda: grammar.json_schema_grammar(schema)
+        return OutputConstraint("json", schema)
     raise BadRequest(f"response_format type {kind!r} is not supported (use json_schema)")
 
 
-def _structured_output(key: str, value: Any) -> Callable[[], str]:
+def _structured_output(key: str, value: Any) -> OutputConstraint:
     expected, described = _STRUCTURED_TYPES[key]
     if not isinstance(value, expected):
         raise BadRequest(f"structured_outputs.{key} must be {described}")
     if key == "json":
-        schema = _schema(value, "structured_outputs.json")
-        return lambda: grammar.json_schema_grammar(schema)
-    builders = {
-        "json_object": grammar.json_object_grammar,
-        "regex": lambda: grammar.regex_grammar(value),
-        "choice": lambda: grammar.choice_grammar(value),
-        "grammar": lambda: grammar.lark_grammar(value),
-    }
-    return builders[key]
+        return OutputConstraint("json", _schema(value, "structured_outputs.json"))
+    return OutputConstraint(key, value)  # type: ignore[arg-type]
 
 
-def _structured_grammar(request: ChatCompletionRequest) -> str | None:
-    """The one output constraint a request asks for, compiled; any fault in it is a 400."""
-    builders: dict[str, Callable[[], str]] = {}
+def _output_constraint(request: ChatCompletionRequest) -> OutputConstraint | None:
+    """The one output constraint a request asks for (the engine compiles it)."""
+    found: dict[str, OutputConstraint] = {}
     fmt = request.response_format
     if fmt and fmt.get("type") not in (None, "text"):
-        builders["response_format"] = _response_format(fmt)
+        found["response_format"] = _response_format(fmt)
     so = {k: v for k, v in (request.structured_outputs or {}).items() if v not in (None, False)}
     unknown = set(so) - set(_STRUCTURED_TYPES)
     if unknown:
         raise BadRequest(f"structured_outputs.{sorted(unknown)[0]} is not supported")
     for key, value in so.items():
-        builders[f"structured_outputs.{key}"] = _structured_output(key, value)
-    if len(builders) > 1:
-        raise BadRequest(f"only one output constraint per request; got {', '.join(builders)}")
-    if not builders:
-        return None
-    ((source, build),) = builders.items()
-    try:
-        return build()
-    except grammar.GrammarError:
-        raise
-    except Exception as exc:  # the grammar library's own errors name what is wrong
-        raise grammar.GrammarError(f"{source}: {exc}") from None
+        found[f"structured_outputs.{key}"] = _structured_output(key, value)
+    if len(found) > 1:
+        raise BadRequest(f"only one output constraint per request; got {', '.join(found)}")
+    return next(iter(found.values()), None)
 
 
 def render_prompt(tokenizer: Any, request: ChatCompletionRequest, tools: list[dict]) -> str:
@@ -300,10 +284,11 @@ def plan(
     default_max_tokens: int,
     vocab_size: int,
 ) -> Plan:
-    """Validate a request and turn it into prompt ids, sampling parameters and a grammar."""
+    """Validate a request and turn it into prompt ids, sampling parameters and an output
+    constraint."""
     _unsupported(request)
     mode, tools = _tool_mode(request)
-    structured = _structured_grammar(request)
+    structured = _output_constraint(request)
     if structured is not None and mode == "forced":
         raise BadRequest(
             "response_format/structured_outputs cannot be combined with a forced tool call"
@@ -342,7 +327,7 @@ def plan(
         top_logprobs=top,
     )
     if mode == "forced":
-        structured = grammar.tool_call_grammar(tools)
+        structured = OutputConstraint("grammar", grammar.tool_call_lark(tools))
     names = {t["function"]["name"] for t in tools} if mode != "none" else set()
     return Plan(prompt_ids, params, structured, names, mode)  # type: ignore[arg-type]
 

@@ -80,7 +80,7 @@ class ChatCall:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
             self.requests.append(
-                GenerationRequest(run.prompt_ids, params, sink, run.grammar, name, path)
+                GenerationRequest(run.prompt_ids, params, sink, run.constraint, name, path)
             )
 
     def submit(self) -> None:
