@@ -28,8 +28,6 @@ from wandb_serverless.chat.parse import (
 from wandb_serverless.chat.protocol import build_request, check_finish
 from wandb_serverless.rollouts.recorder import current_rollout, record_turn, tokens_wanted
 
-Client = openai.OpenAI | openai.AsyncOpenAI
-
 
 def request(*, params: dict[str, Any], **options: Any) -> dict[str, Any]:
     """``chat.build_request(params=..., **options)``, asking for logprobs and token ids when a
