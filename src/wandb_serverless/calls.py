@@ -43,7 +43,6 @@ def request(*, params: dict[str, Any], **options: Any) -> dict[str, Any]:
 class Reply:
     """A whole response: every choice parsed, and the body as it came."""
 
-    request: dict[str, Any]
     raw: dict[str, Any]
     completions: list[Completion]
 
@@ -74,7 +73,7 @@ def _reply(request: dict[str, Any], raw: Any) -> Reply:
     for completion in completions:  # structured output the length limit cut: a clear error
         used = completion.usage.output_tokens if completion.usage else None
         check_finish(request, completion.finish_reason, used)
-    return Reply(request, as_dict(raw), completions)
+    return Reply(as_dict(raw), completions)
 
 
 class TurnStream:

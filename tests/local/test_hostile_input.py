@@ -283,6 +283,34 @@ def test_a_row_that_fails_while_decoding_fails_alone(backend, monkeypatch):
     assert len(events[4]) == 6  # five tokens, then the error
 
 
+def test_a_compiled_constraint_is_copied_on_the_engine_thread_never_recompiled(
+    backend, monkeypatch
+):
+    """Compiling a large grammar is bounded work off the engine's thread (a 400 when it fails);
+    each sequence starts from a copy, so n choices of a heavy schema never stall the batch."""
+    engine = backend.app.state.backend.engine
+    tokenizer = backend.app.state.backend.loaded.tokenizer
+    spec = OutputConstraint("choice", ["yes", "no"])
+    compiled = engine.compile_constraint(spec)
+
+    class NoCompiling:
+        def constraint(self, spec):
+            raise AssertionError("compiled on the engine thread")
+
+    monkeypatch.setattr(engine, "vocab", NoCompiling())
+    done, texts = threading.Event(), []
+
+    def sink(event) -> None:
+        texts.append(event.text)
+        if type(event).__name__ == "DoneEvent":
+            done.set()
+
+    prompt = tokenizer("Yes or no?").input_ids
+    engine.submit(GenerationRequest(prompt, SamplingParams(max_tokens=4), sink, spec, compiled))
+    assert done.wait(60)
+    assert "".join(texts) in ("yes", "no")
+
+
 # -- the event loop stays free ----------------------------------------------------------------
 
 

@@ -88,9 +88,9 @@ class Backend:
             404, f"The model `{name}` does not exist. This server serves: {shown}{more}."
         )
 
-    def prepare(self, body: ChatCompletionRequest) -> Plan:
-        """The engine plan, its output constraint checked (CPU work: run it through
-        ``off_loop``)."""
+    def prepare(self, body: ChatCompletionRequest) -> tuple[Plan, Any]:
+        """The engine plan and its output constraint compiled by the engine (CPU work: run it
+        through ``off_loop``)."""
         run = plan(
             body,
             self.loaded.tokenizer,
@@ -98,9 +98,10 @@ class Backend:
             default_max_tokens=self.default_max_tokens,
             vocab_size=self.engine.vocab_size,
         )
+        compiled = None
         if run.constraint is not None:
-            self.engine.check_constraint(run.constraint)
-        return run
+            compiled = self.engine.compile_constraint(run.constraint)
+        return run, compiled
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Rendering, tokenizing and compiling a grammar are CPU work: off the event loop, so

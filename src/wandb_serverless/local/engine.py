@@ -30,7 +30,7 @@ from wandb_serverless.local.engine_api import (
     TokenEvent,
     error_event,
 )
-from wandb_serverless.local.grammar import Vocabulary
+from wandb_serverless.local.grammar import Constraint, Vocabulary
 from wandb_serverless.local.sampling import EOS, Detokenizer, Sequence
 
 __all__ = [
@@ -148,9 +148,10 @@ class Engine:
             raise QueueFullError(f"engine queue is full ({self.max_queue} waiting requests)")
         self._pending.put(request)
 
-    def check_constraint(self, constraint: OutputConstraint) -> None:
-        """Compile the constraint once (off the engine thread): a fault in it is a 400 now."""
-        self.vocab.constraint(constraint)
+    def compile_constraint(self, constraint: OutputConstraint) -> Constraint:
+        """Compile the matcher once, off the engine thread (a fault in it is a 400 now, and a
+        large grammar never stalls the batch); each sequence starts from a copy of it."""
+        return self.vocab.constraint(constraint)
 
     @property
     def load(self) -> dict[str, int]:
@@ -283,8 +284,11 @@ class Engine:
             self._prompts[key] = ([(layer.keys, layer.values) for layer in cache.layers], logits)
             if len(self._prompts) > self.prompt_cache_size:
                 self._prompts.popitem(last=False)
-        spec = request.constraint
-        constraint = self.vocab.constraint(spec) if spec is not None else None
+        constraint = None
+        if request.compiled is not None:
+            constraint = request.compiled.copy()
+        elif request.constraint is not None:
+            constraint = self.vocab.constraint(request.constraint)
         row = Sequence(request, self.tokenizer, self.eos, constraint)
         token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:

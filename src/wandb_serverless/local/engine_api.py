@@ -88,6 +88,7 @@ class GenerationRequest:
     params: SamplingParams
     sink: Sink
     constraint: OutputConstraint | None = None
+    compiled: Any = None  # what ``EngineClient.compile_constraint`` made of it (engine-private)
     adapter: str | None = None  # a LoRA checkpoint's name; None is the base model
     adapter_path: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -103,8 +104,9 @@ class EngineClient(Protocol):
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request; its events go to ``request.sink`` (``QueueFullError`` if full)."""
 
-    def check_constraint(self, constraint: OutputConstraint) -> None:
-        """Raise ``GrammarError`` if the constraint cannot constrain this model's output."""
+    def compile_constraint(self, constraint: OutputConstraint) -> Any:
+        """Compile the constraint (off the engine's thread; ``GrammarError`` if it cannot
+        constrain this model's output); the result goes into the request's ``compiled``."""
 
     def drop_adapter(self, name: str) -> None:
         """Forget a LoRA adapter (its checkpoint was deleted)."""

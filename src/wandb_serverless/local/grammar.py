@@ -135,12 +135,16 @@ class Vocabulary:
 class Constraint:
     """Per-sequence matcher: masks logits to what the grammar allows, then consumes the pick."""
 
-    def __init__(self, vocab: Vocabulary, grammar: str) -> None:
+    def __init__(self, vocab: Vocabulary, grammar: str, matcher: LLMatcher | None = None) -> None:
         self.vocab = vocab
-        self.matcher = LLMatcher(vocab.ll_tokenizer, grammar)
+        self.matcher = matcher or LLMatcher(vocab.ll_tokenizer, grammar)
         if self.matcher.is_error():
             raise GrammarError(self.matcher.get_error())
         self._words = torch.zeros((vocab.vocab_size + 31) // 32, dtype=torch.int32)
+
+    def copy(self) -> Constraint:
+        """A fresh matcher in the same start state (microseconds: no recompiling)."""
+        return Constraint(self.vocab, "", self.matcher.deep_copy())
 
     def allowed(self, size: int) -> torch.Tensor:
         """A bool mask over the first ``size`` token ids."""

@@ -32,8 +32,8 @@ ARGUMENT_FRAGMENT = 16  # characters per streamed tool-argument delta
 async def serve_chat(backend: Backend, body: ChatCompletionRequest, request: Request) -> Any:
     """``POST /v1/chat/completions``: a response body, or a streaming response."""
     adapter = backend.resolve_model(body.model)
-    run = await backend.off_loop(backend.prepare, body)
-    call = ChatCall(backend, body, run, adapter)
+    run, compiled = await backend.off_loop(backend.prepare, body)
+    call = ChatCall(backend, body, run, compiled, adapter)
     call.submit()
     if body.stream:
         return StreamingResponse(call.stream(), media_type="text/event-stream")
@@ -61,6 +61,7 @@ class ChatCall:
         backend: Backend,
         body: ChatCompletionRequest,
         run: Plan,
+        compiled: Any,
         adapter: tuple[str, str] | None,
     ) -> None:
         self.backend, self.body, self.plan = backend, body, run
@@ -80,7 +81,9 @@ class ChatCall:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
             self.requests.append(
-                GenerationRequest(run.prompt_ids, params, sink, run.constraint, name, path)
+                GenerationRequest(
+                    run.prompt_ids, params, sink, run.constraint, compiled, name, path
+                )
             )
 
     def submit(self) -> None:
