@@ -1,7 +1,8 @@
 """Model references: plain base-model ids and W&B artifact references to trained checkpoints.
 
-``wandb-artifact:///entity/project/name[:stepN|:latest]`` (two slashes are accepted too).
-No suffix means the latest checkpoint; ``:step0`` is the base model.
+``wandb-artifact:///entity/project/name[:stepN|:latest|:alias]`` (two slashes are accepted too).
+No suffix means the latest checkpoint; ``:step0`` is the base model; any other alias (say
+``:production``) is the checkpoint that alias is set on (``TrainableModel.promote``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 SCHEME = "wandb-artifact:"
-CHECKPOINT_FORM = "wandb-artifact:///entity/project/name[:stepN|:latest]"
+CHECKPOINT_FORM = "wandb-artifact:///entity/project/name[:stepN|:latest|:alias]"
 ARTIFACT_FORM = "wandb-artifact:///entity/project/name[:alias]"
 
 # W&B's names: letters, digits, '-', '_', '.'; here also at most 128 characters, not starting
@@ -24,6 +25,21 @@ _ARTIFACT_RE = re.compile(
     rf"(?::(?P<alias>{_SEGMENT}))?$"
 )
 _STEP_RE = re.compile(r"^step(\d+)$")
+_VERSION_RE = re.compile(r"^v\d+$")  # an artifact version number: not a step
+#: A named alias on a checkpoint (``production``, ``staging``): starts with a letter.
+_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+ALIAS_RULE = "1-64 letters, digits, '-' or '_', starting with a letter (not stepN, vN or latest)"
+
+
+def is_valid_alias(alias: str) -> bool:
+    """A name a checkpoint can be served as besides ``stepN`` and ``latest``."""
+    return (
+        isinstance(alias, str)
+        and bool(_ALIAS_RE.match(alias))
+        and alias != "latest"
+        and not _STEP_RE.match(alias)
+        and not _VERSION_RE.match(alias)
+    )
 
 
 @dataclass(frozen=True)
@@ -63,10 +79,13 @@ class CheckpointRef(ArtifactRef):
         except ValueError:
             raise ValueError(f"model reference {url!r} is not of the form {form}") from None
         step = _STEP_RE.match(ref.alias or "")
-        if ref.alias not in (None, "latest") and (not step or int(step.group(1)) > MAX_STEP):
+        if step and int(step.group(1)) > MAX_STEP:
+            raise ValueError(f"model reference {url!r} has a step beyond {MAX_STEP} ({form})")
+        if ref.alias not in (None, "latest") and not step and not is_valid_alias(ref.alias):
+            hint = " (artifact versions vN are not steps)" if _VERSION_RE.match(ref.alias) else ""
             raise ValueError(
-                f"model reference {url!r} has alias {ref.alias!r}; expected :stepN or :latest "
-                f"({form})"
+                f"model reference {url!r} has alias {ref.alias!r}; expected :stepN, :latest or "
+                f"a named alias of {ALIAS_RULE}{hint} ({form})"
             )
         return cls(ref.entity, ref.project, ref.name, ref.alias)
 
@@ -76,9 +95,22 @@ class CheckpointRef(ArtifactRef):
 
     @property
     def step(self) -> int | None:
-        """The pinned step, or None for "latest"."""
+        """The pinned step, or None ("latest" or a named alias)."""
         match = _STEP_RE.match(self.alias or "")
         return int(match.group(1)) if match else None
+
+    @property
+    def named_alias(self) -> str | None:
+        """The named alias (``production``), None for ``stepN`` and latest."""
+        if self.alias in (None, "latest") or _STEP_RE.match(self.alias or ""):
+            return None
+        return self.alias
+
+    def named(self, alias: str) -> CheckpointRef:
+        """The same model served under a named alias."""
+        if not is_valid_alias(alias):
+            raise ValueError(f"alias {alias!r} is not {ALIAS_RULE}")
+        return CheckpointRef(self.entity, self.project, self.name, alias)
 
     def at(self, step: int | None) -> CheckpointRef:
         """The same model at another step (None: latest)."""

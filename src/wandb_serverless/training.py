@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from wandb_serverless.aliases import served_aliases
 from wandb_serverless.api import APIStatusError, Client
 from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
 from wandb_serverless.models import CheckpointRef
@@ -117,7 +118,33 @@ class TrainableModel:
         return str(CheckpointRef.of(self.entity, self.project, self.name))
 
     def ref_at(self, step: int) -> str:
+        """The checkpoint at ``step`` (``:stepN``; ``:step0`` is the base model)."""
         return str(CheckpointRef.of(self.entity, self.project, self.name, step))
+
+    def ref_for(self, alias: str) -> str:
+        """``wandb-artifact:///entity/project/name:alias``: whatever ``promote`` set ``alias`` on
+        (a chat model built from it follows every later promotion)."""
+        return str(CheckpointRef.of(self.entity, self.project, self.name).named(alias))
+
+    def served_step(self, alias: str = "production") -> int | None:
+        """The step ``alias`` serves (0: the base model), None while it is set on none."""
+        return served_aliases(self).get(alias)
+
+    def promote(self, step: int, alias: str = "production") -> str:
+        """Serve ``alias`` from checkpoint ``step``: a W&B artifact alias when hosted, an alias
+        the local backend resolves otherwise. Returns ``ref_for(alias)``. A step that does not
+        exist is a ValueError naming the steps that do."""
+        step = int(step)
+        if step < 0 or (step > 0 and step not in self.checkpoint_steps()):
+            steps = self.checkpoint_steps()
+            shown = f"{steps[0]}..{steps[-1]}" if steps else "none yet"
+            raise ValueError(f"{self!r} has no checkpoint at step {step} (checkpoints: {shown})")
+        served_aliases(self).set(alias, step)
+        return self.ref_for(alias)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Every checkpoint's step, oldest first."""
+        return sorted(c.step for c in self.client.checkpoints.iter(self.id))
 
     def latest_step(self) -> int:
         page = self.client.checkpoints.list(self.id, limit=1, order="desc")
@@ -144,17 +171,28 @@ class TrainableModel:
                 "dropped %d of %d groups with no reward variance", dropped, dropped + len(kept)
             )
         if not kept:
-            log.warning(
-                "no group has reward variance: nothing to train, staying at step %d",
-                self.latest_step(),
-            )
-            return TrainResult(self.latest_step(), dropped_groups=dropped)
-        job = self.client.training_jobs.create(
-            model_id=self.id, trajectory_groups=kept, experimental_config=config
-        )
-        result = self._follow(job.id, "RL step")
+            step = self.latest_step()
+            log.warning("no group has reward variance: nothing to train, staying at step %d", step)
+            return TrainResult(step, dropped_groups=dropped)
+        result = self.wait(self.submit_rl(kept, config))
         result.dropped_groups = dropped
         return result
+
+    def submit_rl(
+        self,
+        groups: list[TrajectoryGroup],
+        config: ExperimentalTrainingConfig | dict | None = None,
+    ) -> str:
+        """Create the RL job for these groups (as given: no group is dropped) and return its ID
+        without waiting; ``wait(job_id)`` follows it. For loops that record the job first."""
+        job = self.client.training_jobs.create(
+            model_id=self.id, trajectory_groups=groups, experimental_config=config
+        )
+        return job.id
+
+    def wait(self, job_id: str, label: str = "RL step") -> TrainResult:
+        """Follow a job to its end (progress bar, history); its new step and metrics."""
+        return self._follow(job_id, label)
 
     def train_sft(
         self,

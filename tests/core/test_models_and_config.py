@@ -34,10 +34,29 @@ def test_checkpoint_reference_formats_back_with_three_slashes():
 )
 def test_malformed_reference_is_a_value_error_showing_the_form(bad):
     with pytest.raises(
-        ValueError, match=r"wandb-artifact:///entity/project/name\[:stepN\|:latest\]"
+        ValueError, match=r"wandb-artifact:///entity/project/name\[:stepN\|:latest\|:alias\]"
     ) as err:
         parse_model(bad)
     assert repr(bad) in str(err.value)
+
+
+def test_an_artifact_version_is_not_taken_for_a_step():
+    with pytest.raises(ValueError, match="artifact versions vN are not steps"):
+        parse_model("wandb-artifact:///a/b/c:v1")
+
+
+def test_a_named_alias_is_a_checkpoint_reference_of_no_fixed_step():
+    ref = parse_model("wandb-artifact:///me/agents/sql-agent:production")
+    assert isinstance(ref, CheckpointRef)
+    assert (ref.step, ref.named_alias, str(ref)) == (
+        None,
+        "production",
+        "wandb-artifact:///me/agents/sql-agent:production",
+    )
+    assert parse_model("wandb-artifact:///me/agents/sql-agent:latest").named_alias is None
+    assert str(ref.at(3).named("staging")) == "wandb-artifact:///me/agents/sql-agent:staging"
+    with pytest.raises(ValueError, match="starting with a letter"):
+        ref.named("step3")
 
 
 def test_base_model_ids_stay_plain_strings():

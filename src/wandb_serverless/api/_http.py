@@ -1,6 +1,6 @@
 """The HTTP core shared by Client and AsyncClient: auth headers, retries, error mapping.
 
-Retry policy: GET and DELETE retry on 408/429/5xx (502 and Cloudflare's 524 included) and
+Retry policy: GET, PUT and DELETE retry on 408/429/5xx (502 and Cloudflare's 524 included) and
 connection errors with exponential backoff and jitter, honouring ``Retry-After``, at most
 ``max_retries`` times. A POST is retried only when the connection failed before anything was
 sent (a job must never be created twice), or when it is idempotent: model registration with
@@ -27,7 +27,7 @@ from wandb_serverless.api.errors import (
 from wandb_serverless.version import __version__
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 524})
-IDEMPOTENT_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
 MAX_BACKOFF_S = 8.0
 MAX_RETRY_AFTER_S = 60.0
 

@@ -31,6 +31,7 @@ from wandb_serverless.api.resources import (
     BaseModels,
     Checkpoints,
     Events,
+    LocalAliases,
     LocalArtifacts,
     Models,
     TrainingJobs,
@@ -133,6 +134,7 @@ class _BaseClient:
         self.checkpoints = Checkpoints(self)
         self.training_jobs = TrainingJobs(self)
         self.local_artifacts = LocalArtifacts(self)
+        self.local_aliases = LocalAliases(self)
         self._local: bool | None = None
 
     def __repr__(self) -> str:

@@ -227,6 +227,22 @@ class LocalArtifacts(Resource):
         return self._call("POST", f"/local/artifacts/{entity}/{project}/{name}", dict, json=body)
 
 
+class LocalAliases(Resource):
+    """Named checkpoint aliases on the local backend (``:production``), served like ``:latest``.
+    On W&B an alias is a W&B artifact alias, set with the ``wandb`` SDK
+    (``wandb_serverless.aliases``)."""
+
+    def list(self, model_id: str) -> dict[str, int]:
+        return self._call("GET", f"/local/models/{model_id}/aliases", dict)
+
+    def set(self, model_id: str, alias: str, step: int) -> dict[str, Any]:
+        body = {"step": step}
+        return self._call("PUT", f"/local/models/{model_id}/aliases/{alias}", dict, json=body)
+
+    def delete(self, model_id: str, alias: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/local/models/{model_id}/aliases/{alias}", dict)
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 

@@ -37,4 +37,8 @@ async def list_models(backend: Backend = Depends(backend_of)) -> dict[str, Any]:
         }
         for name in backend.served_models()
     ]
+    serving = {str(alias): str(step) for alias, step in backend.served_aliases()}
+    for card in data:  # a named alias names the checkpoint it serves now, as vLLM's LoRA cards
+        if card["id"] in serving:
+            card.update(root=serving[card["id"]], parent=backend.model_id)
     return {"object": "list", "data": data}

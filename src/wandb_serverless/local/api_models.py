@@ -12,9 +12,11 @@ from wandb_serverless.local.artifacts import adapter_name, delete_checkpoints
 from wandb_serverless.local.backend import Backend, backend_of, require_key
 from wandb_serverless.local.checks import invalid, log_metrics, require_finite
 from wandb_serverless.local.state import ModelRow, page
-from wandb_serverless.models import NAME_RULE, is_valid_name
+from wandb_serverless.models import ALIAS_RULE, MAX_STEP, NAME_RULE, is_valid_alias, is_valid_name
 
-router = APIRouter(prefix="/v1/preview/models", dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)])
+PREVIEW = "/v1/preview/models"
+LOCAL = "/v1/local/models"  # local extensions: W&B sets aliases with the wandb SDK
 
 
 def model_or_404(backend: Backend, model_id: str) -> ModelRow:
@@ -24,7 +26,7 @@ def model_or_404(backend: Backend, model_id: str) -> ModelRow:
     return model
 
 
-@router.post("")
+@router.post(PREVIEW)
 async def create_model(body: ModelCreate, backend: Backend = Depends(backend_of)) -> dict[str, Any]:
     state = backend.state
     entity = body.entity or backend.default_entity
@@ -46,14 +48,14 @@ async def create_model(body: ModelCreate, backend: Backend = Depends(backend_of)
     return state.create_model(entity, body.project, body.name, backend.model_id).as_response()
 
 
-@router.get("")
+@router.get(PREVIEW)
 async def list_models(backend: Backend = Depends(backend_of)) -> list[dict[str, Any]]:
     """Local extension (W&B's API has no list): the registered models, oldest first."""
     state = backend.state
     return [{**m.as_response(), "latest_step": state.latest_step(m.id)} for m in state.all_models()]
 
 
-@router.delete("/{model_id}")
+@router.delete(PREVIEW + "/{model_id}")
 async def delete_model(model_id: str, backend: Backend = Depends(backend_of)) -> dict[str, Any]:
     model_or_404(backend, model_id)
     for checkpoint in backend.state.checkpoints(model_id):
@@ -63,7 +65,7 @@ async def delete_model(model_id: str, backend: Backend = Depends(backend_of)) ->
     return {"model_id": model_id, "deleted_checkpoints": count, "deleted_run": True}
 
 
-@router.get("/{model_id}/checkpoints")
+@router.get(PREVIEW + "/{model_id}/checkpoints")
 async def list_checkpoints(
     model_id: str,
     after: str | None = None,
@@ -80,13 +82,19 @@ async def list_checkpoints(
     return page(items, after, limit)
 
 
-@router.delete("/{model_id}/checkpoints")
+@router.delete(PREVIEW + "/{model_id}/checkpoints")
 async def delete_model_checkpoints(
     model_id: str,
     body: DeleteCheckpointsRequest = Body(...),
     backend: Backend = Depends(backend_of),
 ) -> dict[str, Any]:
     model_or_404(backend, model_id)
+    served = {s: a for a, s in backend.state.aliases(model_id).items() if s in body.steps}
+    if served:
+        names = ", ".join(f"step {s} as :{a}" for s, a in sorted(served.items()))
+        raise HTTPException(
+            409, f"{names} is served; move or delete the alias first ({LOCAL}/{{id}}/aliases)"
+        )
     deleted, missing = backend.state.delete_checkpoints(model_id, body.steps)
     for checkpoint in deleted:
         backend.engine.drop_adapter(adapter_name(checkpoint.id))
@@ -94,7 +102,7 @@ async def delete_model_checkpoints(
     return {"deleted_count": len(deleted), "not_found_steps": missing}
 
 
-@router.post("/{model_id}/log")
+@router.post(PREVIEW + "/{model_id}/log")
 async def log(
     model_id: str, body: LogRequest, backend: Backend = Depends(backend_of)
 ) -> dict[str, Any]:
@@ -103,3 +111,39 @@ async def log(
     state = backend.state
     state.set_metrics(model_id, state.latest_step(model_id), log_metrics(body))
     return {}
+
+
+@router.get(LOCAL + "/{model_id}/aliases")
+async def list_aliases(model_id: str, backend: Backend = Depends(backend_of)) -> dict[str, int]:
+    """Local extension: the model's named aliases and the step each serves."""
+    model_or_404(backend, model_id)
+    return backend.state.aliases(model_id)
+
+
+@router.put(LOCAL + "/{model_id}/aliases/{alias}")
+async def set_alias(
+    model_id: str,
+    alias: str,
+    step: int = Body(..., embed=True, ge=0, le=MAX_STEP),
+    backend: Backend = Depends(backend_of),
+) -> dict[str, Any]:
+    """Local extension: serve ``:alias`` from checkpoint ``step`` (0: the base model), moving
+    the alias if it was set on another step, as a W&B artifact alias moves."""
+    model_or_404(backend, model_id)
+    if not is_valid_alias(alias):
+        raise invalid(["path", "alias"], f"use {ALIAS_RULE}")
+    if step > 0 and backend.state.checkpoint(model_id, step) is None:
+        steps = [c.step for c in backend.state.checkpoints(model_id)]
+        raise HTTPException(404, f"Model {model_id} has no checkpoint at step {step} ({steps=})")
+    backend.state.set_alias(model_id, alias, step)
+    return {"model_id": model_id, "alias": alias, "step": step}
+
+
+@router.delete(LOCAL + "/{model_id}/aliases/{alias}")
+async def delete_alias(
+    model_id: str, alias: str, backend: Backend = Depends(backend_of)
+) -> dict[str, Any]:
+    model_or_404(backend, model_id)
+    if not backend.state.delete_alias(model_id, alias):
+        raise HTTPException(404, f"Model {model_id} has no alias {alias!r}")
+    return {"model_id": model_id, "alias": alias, "deleted": True}

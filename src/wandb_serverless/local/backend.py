@@ -58,7 +58,8 @@ class Backend:
         """(adapter name, path) serving ``name``; None for the base model; unknown names 404.
 
         ``wandb-artifact:///e/p/name:stepN`` pins a step; ``:latest`` or no suffix is the newest
-        checkpoint; ``:step0``, or a model with no checkpoint yet, is the base model.
+        checkpoint; ``:step0``, or a model with no checkpoint yet, is the base model; a named
+        alias (``:production``) is the step it is set on (404 while it is set on none).
         """
         if name in (None, self.model_id, *DEFAULT_ALIASES, *self.aliases):
             return None
@@ -71,13 +72,22 @@ class Backend:
         model = self.state.find_model(ref.entity, ref.project, ref.name)
         if model is None:
             raise self._unknown(name)
-        if ref.step == 0:
+        step = ref.step
+        if ref.named_alias is not None:
+            step = self.state.aliases(model.id).get(ref.named_alias)
+            if step is None:
+                raise HTTPException(
+                    404,
+                    f"The model `{name}` has no checkpoint with alias '{ref.named_alias}' "
+                    "(set one with TrainableModel.promote).",
+                )
+        if step == 0:
             return None
-        checkpoint = self.state.checkpoint(model.id, ref.step)
+        checkpoint = self.state.checkpoint(model.id, step)
         if checkpoint is None:
-            if ref.step is None:
+            if step is None:
                 return None
-            raise HTTPException(404, f"The model `{name}` has no checkpoint at step {ref.step}.")
+            raise HTTPException(404, f"The model `{name}` has no checkpoint at step {step}.")
         return adapter_name(checkpoint.id), checkpoint.path
 
     def _unknown(self, name: str) -> HTTPException:
@@ -118,7 +128,16 @@ class Backend:
             str(CheckpointRef.of(m.entity, m.project, m.name, step))
             for m, step in self.state.all_checkpoints()
         ]
-        return [self.model_id, *self.aliases, *checkpoints]
+        named = [str(ref) for ref, _ in self.served_aliases()]
+        return [self.model_id, *self.aliases, *checkpoints, *named]
+
+    def served_aliases(self) -> list[tuple[CheckpointRef, CheckpointRef]]:
+        """Each named alias's reference and the ``:stepN`` reference it serves now."""
+        return [
+            (CheckpointRef.of(m.entity, m.project, m.name).named(alias),
+             CheckpointRef.of(m.entity, m.project, m.name, step))
+            for m, alias, step in self.state.all_aliases()
+        ]  # fmt: skip
 
 
 def backend_of(request: Request) -> Backend:

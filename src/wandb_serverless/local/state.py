@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS aliases (
+    model_id TEXT NOT NULL, alias TEXT NOT NULL, step INTEGER NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (model_id, alias)
+);
 """
 
 RESTART_MESSAGE = (
@@ -161,7 +165,7 @@ class State:
             count = db.execute(
                 "SELECT COUNT(*) FROM checkpoints WHERE model_id=?", (model_id,)
             ).fetchone()[0]
-            for table in ("checkpoints", "metrics"):
+            for table in ("checkpoints", "metrics", "aliases"):
                 db.execute(f"DELETE FROM {table} WHERE model_id=?", (model_id,))
             db.execute("DELETE FROM models WHERE id=?", (model_id,))
         return count
@@ -228,6 +232,35 @@ class State:
                 db.execute("DELETE FROM checkpoints WHERE id=?", (row[0],))
                 db.execute("DELETE FROM metrics WHERE model_id=? AND step=?", (model_id, step))
         return found, missing
+
+    # -- aliases: named references to a checkpoint (":production"), served like ":latest" ----
+
+    def aliases(self, model_id: str) -> dict[str, int]:
+        rows = self._all(
+            "SELECT alias, step FROM aliases WHERE model_id=? ORDER BY alias", model_id
+        )
+        return dict(rows)
+
+    def all_aliases(self) -> list[tuple[ModelRow, str, int]]:
+        rows = self._all(
+            "SELECT m.id, m.entity, m.project, m.name, m.base_model, m.run_id, a.alias, a.step "
+            "FROM aliases a JOIN models m ON m.id = a.model_id ORDER BY m.created, a.alias"
+        )
+        return [(ModelRow(*r[:6]), r[6], r[7]) for r in rows]
+
+    def set_alias(self, model_id: str, alias: str, step: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?)",
+                (model_id, alias, step, time.time()),
+            )
+
+    def delete_alias(self, model_id: str, alias: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "DELETE FROM aliases WHERE model_id=? AND alias=?", (model_id, alias)
+            )
+        return cursor.rowcount > 0
 
     def metrics(self, model_id: str, step: int) -> dict[str, float]:
         rows = self._all(
