@@ -20,7 +20,7 @@ from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
 from langchain_wandb.messages import convert_messages_to_dicts
-from wandb_serverless.rollouts.hooks import HookRecorder
+from wandb_serverless.rollouts.hooks import KEEP_FINISHED, HookRecorder
 from wandb_serverless.rollouts.recorder import Rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Trajectory
@@ -74,9 +74,13 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     run_inline = True  # in order, in the caller's context (where the rollout contextvar lives)
     raise_error = False
 
-    def __init__(self, store: RolloutStore | None = None, *, group: str | None = None) -> None:
+    def __init__(
+        self, store: RolloutStore | None = None, *, group: str | None = None, keep: int = KEEP_FINISHED
+    ) -> None:
+        """``store``: where finished rollouts go (all of them); ``keep``: how many of the
+        latest the handler also keeps in memory, for ``handler.trajectories``."""
         self.group = group
-        self.hook = HookRecorder("RolloutCallbackHandler", store)
+        self.hook = HookRecorder("RolloutCallbackHandler", store, keep=keep)
         self.guard = self.hook.guard
         self._parents: dict[UUID, UUID | None] = {}
         self._runs: dict[UUID, Rollout] = {}  # run id -> its rollout
@@ -93,8 +97,8 @@ class RolloutCallbackHandler(BaseCallbackHandler):
 
     @property
     def trajectories(self) -> list[Trajectory]:
-        """The rollouts this handler finished, in the order their root runs ended (each
-        built on first use, off the agent's path)."""
+        """The last ``keep`` rollouts this handler finished, in the order their root runs
+        ended (each built on first use, off the agent's path; the store has every one)."""
         return self.hook.trajectories
 
     # -- installation ------------------------------------------------------------------------
@@ -223,8 +227,21 @@ class RolloutCallbackHandler(BaseCallbackHandler):
                     else json.dumps(output.content)
                 )
                 rollout.add_tool_result(output.tool_call_id, content)
+            if parent_run_id is None:  # a tool called on its own is a run of its own
+                self._finish_root(run_id)
 
         self.guard.run(end)
+
+    def on_tool_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if parent_run_id is None:
+            self.guard.run(self._finish_root, run_id, error)
 
     def on_chain_end(
         self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any

@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         sft_data_dir=Path(args.sft_data_dir) if args.sft_data_dir else None,
         served_model_names=args.served_model_name,
+        max_loaded_adapters=args.max_loaded_adapters,
+        max_live_models=args.max_live_models,
     )
     print(f"serving {app.state.backend.model_id} on http://{args.host}:{args.port}/v1", flush=True)
     if generated:
@@ -103,4 +105,28 @@ def add_commands(commands: Any) -> None:
         help="more names the model answers to, e.g. a W&B model id (default: "
         "$WANDB_SERVERLESS_SERVED_MODEL_NAMES, comma-separated)",
     )
+    serve.add_argument(
+        "--max-loaded-adapters",
+        type=_at_least(1),
+        default=8,
+        help="LoRA checkpoints kept loaded for serving; the least recently used is unloaded "
+        "beyond it (default: 8)",
+    )
+    serve.add_argument(
+        "--max-live-models",
+        type=_at_least(0),
+        default=2,
+        help="trained models whose policy and optimizer stay in memory between jobs; the "
+        "others reload from disk (default: 2)",
+    )
     serve.set_defaults(handler=_serve)
+
+
+def _at_least(least: int) -> Any:
+    def whole(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    return whole

@@ -116,8 +116,12 @@ class Engine:
         *,
         max_batch_size: int = 16,
         max_queue: int = 256,
+        max_loaded_adapters: int = 8,
     ) -> None:
+        if max_loaded_adapters < 1:
+            raise ValueError(f"max_loaded_adapters must be >= 1, not {max_loaded_adapters}")
         self.model = model
+        self.max_loaded_adapters = max_loaded_adapters
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -134,7 +138,9 @@ class Engine:
             target=self._run, name="wandb-serverless-engine", daemon=True
         )
         self.steps = 0
-        self.adapters: set[str] = set()
+        # loaded LoRA adapters, least recently used first: beyond max_loaded_adapters the
+        # oldest idle one is unloaded (its files stay on disk; a request for it loads it again)
+        self.adapters: OrderedDict[str, None] = OrderedDict()
         self._stale: set[str] = set()
         self._prompts: OrderedDict[tuple, tuple[list, torch.Tensor]] = OrderedDict()
         self.prompt_cache_size = 16
@@ -210,20 +216,31 @@ class Engine:
         """Load a LoRA adapter beside the others; rows pick theirs per forward pass."""
         from peft import PeftModel
 
+        self._evict_idle()
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(path, adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
         self.model.eval()
-        self.adapters.add(name)
+        self.adapters[name] = None
         for stale in list(self._stale):
             self._stale.discard(stale)
             self.model.delete_adapter(stale)
 
+    def _evict_idle(self) -> None:
+        """Make room for one more adapter: unload the least recently used ones that no
+        running sequence uses (if every one is in use, the bound waits for them to finish)."""
+        busy = {row.request.adapter for row in self._batch.rows}
+        for name in list(self.adapters):
+            if len(self.adapters) < self.max_loaded_adapters:
+                return
+            if name not in busy:
+                self._unload(name)
+
     def _unload(self, name: str) -> None:
         if name not in self.adapters:
             return
-        self.adapters.discard(name)
+        del self.adapters[name]
         for key in [k for k in self._prompts if k[0] == name]:
             del self._prompts[key]
         # Deleting peft's only adapter leaves stale references that break every later forward
@@ -253,6 +270,8 @@ class Engine:
             if not request.adapter_path:
                 raise ValueError(f"adapter {request.adapter} has no path")
             self._load(request.adapter, request.adapter_path)
+        elif request.adapter:
+            self.adapters.move_to_end(request.adapter)  # recently used: evicted last
 
         length = len(request.prompt_ids)
         key = (request.adapter, tuple(request.prompt_ids))

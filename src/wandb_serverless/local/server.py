@@ -47,13 +47,18 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     sft_data_dir: Path | None = None,
     served_model_names: list[str] | None = None,
+    max_loaded_adapters: int = 8,
+    max_live_models: int = 2,
 ) -> Any:
     """Load the model, start its engine, and return the FastAPI app serving them.
 
     ``sft_data_dir``: the one directory outside the artifact store that SFT jobs may read
     ``file://`` datasets from (none by default). ``docs``: serve /docs and /openapi.json.
     ``served_model_names``: more names for the model (default: ``$WANDB_SERVERLESS_SERVED_MODEL_NAMES``),
-    for chat and as a trainable base model.
+    for chat and as a trainable base model. Memory stays bounded however many checkpoints are
+    served and models trained: at most ``max_loaded_adapters`` LoRA adapters are loaded for
+    serving (the least recently used is unloaded), and the trainer keeps the policy and
+    optimizer of at most ``max_live_models`` models in memory (the others' are on disk).
     """
     from wandb_serverless.local import loader
     from wandb_serverless.local.app import Backend, create_app
@@ -65,10 +70,20 @@ def build_app(
     cache = model_cache_dir or Path(os.environ.get(ENV_MODEL_CACHE) or data_dir / "models")
     loaded = loader.load(model, Path(cache))
     engine = Engine(
-        loaded.model, loaded.tokenizer, max_batch_size=max_batch_size, max_queue=max_queue
+        loaded.model,
+        loaded.tokenizer,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        max_loaded_adapters=max_loaded_adapters,
     )
     state = State(data_dir)
-    worker = TrainingWorker(state, loaded.path, loaded.tokenizer, sft_data_dir=sft_data_dir)
+    worker = TrainingWorker(
+        state,
+        loaded.path,
+        loaded.tokenizer,
+        sft_data_dir=sft_data_dir,
+        max_live_models=max_live_models,
+    )
     backend = Backend(
         loaded,
         engine,

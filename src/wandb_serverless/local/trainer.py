@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,22 @@ class TrainingWorker:
         on_checkpoint: Callable[[str, int], None] | None = None,
         *,
         sft_data_dir: Path | None = None,
+        max_live_models: int = 2,
     ) -> None:
+        if max_live_models < 0:
+            raise ValueError(f"max_live_models must be >= 0, not {max_live_models}")
         self.state = state
+        self.max_live_models = max_live_models
         self.sft_data_dir = sft_data_dir
         self.base_path = base_path
         self.tok = Tokenization(tokenizer)
         self.on_checkpoint = on_checkpoint
         self._wake = threading.Event()
         self._stop = threading.Event()
-        # the last RL policy and its optimizer per model, keyed by the step they produced
-        self._live: dict[str, tuple[int, Any, torch.optim.Optimizer]] = {}
+        # the last RL policy and its optimizer of the models trained most recently (at most
+        # max_live_models: a full model copy each), keyed by the step they produced; the others
+        # continue from the adapter and optimizer state on disk
+        self._live: OrderedDict[str, tuple[int, Any, torch.optim.Optimizer]] = OrderedDict()
         self.state.fail_interrupted_jobs()
         self._thread = threading.Thread(
             target=self._run, name="wandb-serverless-trainer", daemon=True
@@ -192,10 +199,11 @@ class TrainingWorker:
         self.state.set_metrics(job.model_id, step, metrics)
         if previous is not None:
             (Path(previous.path) / OPTIMIZER_FILE).unlink(missing_ok=True)
-        if optimizer is not None:
+        self._live.pop(job.model_id, None)
+        if optimizer is not None and self.max_live_models:
             self._live[job.model_id] = (step, model, optimizer)
-        else:
-            self._live.pop(job.model_id, None)
+            while len(self._live) > self.max_live_models:
+                self._live.popitem(last=False)  # its state is on disk beside its adapter
         if self.on_checkpoint:
             self.on_checkpoint(job.model_id, step)
         return step

@@ -11,6 +11,7 @@ framework says the run is over. A call the model layer already recorded into the
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Trajectory
 
 EVERY = object()  # finish(): every rollout the hook opened
+#: Finished rollouts a hook keeps in memory for ``handler.trajectories`` (the store keeps all):
+#: a hook in a service that runs for weeks must not grow with every run.
+KEEP_FINISHED = 100
 
 
 @dataclass
@@ -41,17 +45,22 @@ class _Pending:
 class HookRecorder:
     """The recording state of one trace hook (thread-safe; its errors are counted on ``guard``)."""
 
-    def __init__(self, name: str, store: RolloutStore | None = None) -> None:
+    def __init__(
+        self, name: str, store: RolloutStore | None = None, *, keep: int = KEEP_FINISHED
+    ) -> None:
+        if not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep must be a whole number >= 0, not {keep!r}")
         self.guard = HookGuard(name)
         self.store = store
-        self.finished: list[Rollout] = []
+        self.finished: deque[Rollout] = deque(maxlen=keep)  # the latest ``keep``
         self._open: dict[Hashable, tuple[Rollout, Hashable]] = {}  # key -> (rollout, owner)
         self._pending: dict[Hashable, list[_Pending]] = {}
         self._lock = threading.RLock()
 
     @property
     def trajectories(self) -> list[Trajectory]:
-        """The rollouts this hook finished, in order (each built on first use)."""
+        """The last ``keep`` rollouts this hook finished, in order (each built on first use;
+        every one is in the store, when the hook has one)."""
         return [run.trajectory for run in self.finished if run.trajectory is not None]
 
     @property
@@ -115,5 +124,5 @@ class HookRecorder:
             done = [self._open.pop(k)[0] for k in keys]
         for run in done:
             run.finish(error)
-        self.finished += done
+        self.finished.extend(done)
         return done

@@ -19,12 +19,15 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChat
 from llama_index.llms.wandb.utils import to_openai_message, to_openai_messages
 from pydantic import PrivateAttr
 
-from wandb_serverless.rollouts.hooks import HookRecorder
+from wandb_serverless.rollouts.hooks import KEEP_FINISHED, HookRecorder
 from wandb_serverless.rollouts.recorder import Rollout, current_rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.trajectory import Trajectory
 
 GROUP_TAGS = ("rollout_id", "llamaindex.run_id")
+#: The events LlamaIndex workflows emit when a run ends (``workflows`` package): its output, or
+#: the run's span dropped by an error.
+RUN_ENDED = frozenset({"workflow.output", "SpanDropEvent"})
 
 
 def choice_from_response(response: ChatResponse) -> Any:
@@ -59,15 +62,24 @@ def choice_from_response(response: ChatResponse) -> Any:
 
 
 class RolloutEventHandler(BaseEventHandler):
-    """Captures LLM chat calls from LlamaIndex's instrumentation into rollouts."""
+    """Captures LLM chat calls from LlamaIndex's instrumentation into rollouts.
+
+    ``store``: where finished rollouts go (all of them); ``keep``: how many of the latest the
+    handler also keeps in memory, for ``handler.trajectories``.
+    """
 
     _hook: HookRecorder = PrivateAttr()
-    trajectories: list[Trajectory] = []
 
-    def __init__(self, store: RolloutStore | None = None, **data: Any) -> None:
+    def __init__(
+        self, store: RolloutStore | None = None, *, keep: int = KEEP_FINISHED, **data: Any
+    ) -> None:
         super().__init__(**data)
-        self._hook = HookRecorder("RolloutEventHandler", store)
-        self.trajectories = []
+        self._hook = HookRecorder("RolloutEventHandler", store, keep=keep)
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        """The last ``keep`` rollouts this handler finished (the store has every one)."""
+        return self._hook.trajectories
 
     @classmethod
     def class_name(cls) -> str:
@@ -89,10 +101,9 @@ class RolloutEventHandler(BaseEventHandler):
         dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not self]
 
     def finish(self) -> list[Trajectory]:
-        """Close the rollouts grouped by tag (explicit ``rollout()`` blocks close themselves)."""
-        finished = [r.trajectory for r in self._hook.finish() if r.trajectory is not None]
-        self.trajectories += finished
-        return finished
+        """Close the rollouts grouped by tag (explicit ``rollout()`` blocks close themselves;
+        a workflow run's own rollout closes when the run ends)."""
+        return [r.trajectory for r in self._hook.finish() if r.trajectory is not None]
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         self._hook.guard.run(self._handle, event)
@@ -102,9 +113,18 @@ class RolloutEventHandler(BaseEventHandler):
         key = next((str(tags[t]) for t in GROUP_TAGS if tags.get(t)), None)
         if key is None:
             return current_rollout()
-        return self._hook.rollout(key, group=tags.get("rollout_group"))
+        # a workflow run's rollout is its own (closed when the run ends); a rollout_id tag's
+        # stays open across runs until finish()
+        owner = None if tags.get("rollout_id") else key
+        return self._hook.rollout(key, group=tags.get("rollout_group"), owner=owner)
 
     def _handle(self, event: BaseEvent) -> None:
+        if event.class_name() in RUN_ENDED:
+            run_id = (event.tags or {}).get("llamaindex.run_id")
+            if run_id:  # the workflow run is over: so is the rollout it opened, if any
+                error = getattr(event, "err_str", None)
+                self._hook.finish(str(run_id), RuntimeError(error) if error else None)
+            return
         if isinstance(event, LLMChatStartEvent):
             run = self._rollout(event)
             if run is None:
