@@ -27,6 +27,7 @@ from wandb_serverless.chat.parse import (
 )
 from wandb_serverless.chat.protocol import build_request, check_finish
 from wandb_serverless.rollouts.recorder import current_rollout, record_turn, tokens_wanted
+from wandb_serverless.usage import record_usage
 
 
 def request(*, params: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -60,6 +61,8 @@ def _reply(request: dict[str, Any], raw: Any) -> Reply:
     completions = parse_completion(raw)
     if completions:
         first = completions[0]
+        if first.usage is not None:  # the whole response's usage, on every choice
+            record_usage(request.get("model"), first.usage.input_tokens, first.usage.output_tokens)
         choice = first.raw_choice
         record_turn(
             request["messages"],
@@ -91,6 +94,9 @@ class TurnStream:
 
     def _delta(self, chunk: Any) -> Delta:
         delta = self._parse(chunk)
+        if delta.usage is not None:
+            usage = delta.usage
+            record_usage(self.request.get("model"), usage.input_tokens, usage.output_tokens)
         check_finish(self.request, delta.finish_reason)
         return delta
 

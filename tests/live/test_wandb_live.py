@@ -107,3 +107,33 @@ def test_rollouts_round_trip_through_weave_and_train_once(tmp_path):
     )
     assert trainer.step() is not None and len(taken) == 2
     assert trainer.step() is None and len(taken) == 2
+
+
+def test_a_learning_loop_step_is_evaluated_and_promoted_on_wandb(tmp_path):
+    """One loop step on W&B: sample from the base model, one RL job, evaluate, and serve the
+    checkpoint as a W&B artifact alias that chat then resolves (a scratch model, deleted)."""
+    from langchain_wandb import ChatWandb
+    from wandb_serverless import TrainableModel
+    from wandb_serverless.learning import LearningLoop, Sampling
+
+    project = os.environ.get("WANDB_PROJECT", "wandb-serverless-live")
+    tm = TrainableModel(f"live-loop-{uuid.uuid4().hex[:8]}", project, BASE_MODEL, progress=False)
+
+    async def play(city: str, sampling: Sampling) -> float:
+        llm = ChatWandb(model=sampling.model, temperature=1.0, max_tokens=16, seed=sampling.seed)
+        reply = await llm.ainvoke(f"Name one landmark in {city}, in a few words.")
+        return float(len(reply.text.split()) <= 4)
+
+    loop = LearningLoop(
+        tm, play, train_scenarios=["Paris", "Rome"], eval_scenarios=["Lima"], group_size=4,
+        groups_per_step=2, tolerance=1.0, state_dir=tmp_path / "loop", progress=False,
+    )  # fmt: skip
+    try:
+        (report,) = loop.run(steps=1)
+        assert report.checkpoint == 1 and report.decision == "promoted"
+        assert report.price_usd is not None and report.price_usd > 0
+        assert tm.served_step("production") == 1
+        reply = ChatWandb(model=loop.served_ref, max_tokens=8).invoke("Hello")
+        assert reply.content
+    finally:
+        tm.client.models.delete(tm.id)

@@ -243,6 +243,7 @@ class Rollout:
     tool_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     exception: dict[str, str] | None = None
     weave: Any = None  # True (the client weave.init made) or a WeaveClient: export on exit
+    policy_step: int | None = None  # the checkpoint step sampled from (ART's policy version)
     _token: Any = field(default=None, repr=False)
     _final: Any = field(default=None, repr=False)  # the snapshot taken on exit
     _trajectory: Trajectory | None = field(default=None, repr=False)
@@ -300,6 +301,8 @@ class Rollout:
             },
             "logs": logs,
         }
+        if self.policy_step is not None:
+            fields["initial_policy_version"] = fields["final_policy_version"] = self.policy_step
         return calls, results, fields
 
     def _complete(self, exc: BaseException | None) -> None:
@@ -348,6 +351,11 @@ class Rollout:
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         _current.reset(self._token)
         await self.afinish(exc)
+
+    def abandon(self) -> None:
+        """Close an entered rollout without finishing it: nothing is stored or exported (a run
+        interrupted from outside, to be sampled again, rather than one that failed)."""
+        _current.reset(self._token)
 
 
 class rollout:

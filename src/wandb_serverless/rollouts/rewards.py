@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+from wandb_serverless.usage import judging
 
 DEFAULT_RUBRIC = """\
 - A trajectory that achieves its goal should always score higher than one that does not.
@@ -126,9 +127,10 @@ def ruler_score_group(
         )
     try:
         count = len(group.trajectories)
-        result = judge.with_structured_output(scores_schema(count), method="json_schema").invoke(
-            judge_prompt(group, rubric)
-        )
+        with judging():  # counted as judge calls by a usage meter (the learning loop's)
+            result = judge.with_structured_output(
+                scores_schema(count), method="json_schema"
+            ).invoke(judge_prompt(group, rubric))
         scores = result["scores"] if isinstance(result, dict) else result.scores
         if len(scores) != count:
             raise ValueError(f"the judge returned {len(scores)} scores for {count} trajectories")

@@ -169,11 +169,23 @@ class RolloutStore:
                 (float(reward), trajectory.model_dump_json(), trajectory_id),
             )
 
+    def update(self, trajectory: Trajectory) -> None:
+        """Write back a stored trajectory changed after it was saved (its reward, metrics)."""
+        rollout_id = trajectory.metadata.get("rollout_id")
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE trajectories SET reward=?, data=? WHERE id=?",
+                (float(trajectory.reward), trajectory.model_dump_json(), rollout_id),
+            )
+        if cursor.rowcount == 0:
+            raise KeyError(f"no trajectory {rollout_id!r} in {self.path}")
+
     def _select(
         self,
         columns: str,
         *,
         group: str | None = None,
+        names: Iterable[str] | None = None,
         metadata: dict[str, Any] | None = None,
         min_reward: float | None = None,
         max_reward: float | None = None,
@@ -183,6 +195,10 @@ class RolloutStore:
         if group is not None:
             sql += " AND grp = ?"
             args.append(group)
+        if names is not None:  # by the group index: as fast in a million rows as in ten
+            names = list(names)
+            sql += f" AND grp IN ({', '.join('?' * len(names))})"
+            args += names
         for key, value in (metadata or {}).items():
             sql += " AND json_extract(metadata, ?) = ?"
             args += [f"$.{key}", value]
@@ -204,17 +220,24 @@ class RolloutStore:
         ``min_reward``/``max_reward`` and ``limit``."""
         return [Trajectory.model_validate_json(r[0]) for r in self._select("data", **filters)]
 
+    def rollout_ids(self, names: Iterable[str]) -> set[str]:
+        """The ids of the rollouts stored in the groups ``names`` (failed ones included)."""
+        return {row[0] for row in self._select("id", names=names)}
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM trajectories").fetchone()[0]
 
-    def groups(self, *, metadata: dict[str, Any] | None = None) -> list[TrajectoryGroup]:
-        """Stored rollouts grouped by their rollout group (ungrouped ones are left out).
+    def groups(
+        self, *, names: Iterable[str] | None = None, metadata: dict[str, Any] | None = None
+    ) -> list[TrajectoryGroup]:
+        """Stored rollouts grouped by their rollout group (ungrouped ones are left out); only
+        the groups ``names`` when given (an index lookup, whatever the store's size).
 
         A rollout that raised goes to its group's ``exceptions`` only, as in ART: kept as a
         reward-0 trajectory it would skew the group's advantages and count the failure twice.
         """
-        rows = self._select("grp, data, exception", metadata=metadata)
+        rows = self._select("grp, data, exception", names=names, metadata=metadata)
         return collect_groups(
             (
                 grp,
