@@ -77,6 +77,25 @@ def test_a_langchain_handler_keeps_nothing_per_run_once_warmed_up(instant):
     assert len(handler.trajectories) == KEPT
 
 
+def test_a_tool_that_fails_on_its_own_closes_its_run():
+    from langchain_core.tools import tool
+
+    @tool
+    def broken(city: str) -> str:
+        """Always fails."""
+        raise RuntimeError("down")
+
+    handler = RolloutCallbackHandler().install()
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                broken.invoke({"city": "Oslo"})
+    finally:
+        handler.uninstall()
+    assert not handler._runs and not handler._members and not handler._parents
+    assert [t.metadata.get("exception_type") for t in handler.trajectories] == ["RuntimeError"] * 3
+
+
 def test_a_llamaindex_handler_closes_each_agent_run_and_keeps_nothing_per_run(instant):
     llm = WandbLLM(model="m", base_url=instant, api_key="k")
     handler = RolloutEventHandler().install()

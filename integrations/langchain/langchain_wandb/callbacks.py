@@ -75,7 +75,11 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     raise_error = False
 
     def __init__(
-        self, store: RolloutStore | None = None, *, group: str | None = None, keep: int = KEEP_FINISHED
+        self,
+        store: RolloutStore | None = None,
+        *,
+        group: str | None = None,
+        keep: int = KEEP_FINISHED,
     ) -> None:
         """``store``: where finished rollouts go (all of them); ``keep``: how many of the
         latest the handler also keeps in memory, for ``handler.trajectories``."""
@@ -232,17 +236,6 @@ class RolloutCallbackHandler(BaseCallbackHandler):
 
         self.guard.run(end)
 
-    def on_tool_error(
-        self,
-        error: BaseException,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if parent_run_id is None:
-            self.guard.run(self._finish_root, run_id, error)
-
     def on_chain_end(
         self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
@@ -259,3 +252,5 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     ) -> None:
         if parent_run_id is None:
             self.guard.run(self._finish_root, run_id, error)
+
+    on_tool_error = on_chain_error  # a tool called on its own is a run of its own
