@@ -31,8 +31,10 @@ format: setup
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make demo DEMO_ARGS="--harmful-step 2 --steps 5"`: one step on corrupted rewards, to watch
+# the promotion gate keep it from agents
 demo: setup
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 bench: setup
 	$(PY) bench/run_all.py

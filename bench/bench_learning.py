@@ -29,10 +29,10 @@ SCENARIOS = {
 }
 RESET = "WANDB_SERVERLESS_RESET_OPTIMIZER"
 SWEEP = {  # label -> (scenario, extra arguments of its script, environment)
-    "lr 1e-3": ("demo", ["--lr", "1e-3"], {}),
+    "lr 5e-4 (the backend's)": ("demo", ["--lr", "0"], {}),
     # the old recipe: a fresh AdamW per RL job (every step a sign-gradient step of size lr)
     "lr 1e-3, fresh optimizer per step": ("demo", ["--lr", "1e-3"], {RESET: "1"}),
-    "lr 5e-4 (the backend's)": ("llamaindex", ["--lr", "0"], {}),
+    "lr 5e-4 (the backend's), LlamaIndex": ("llamaindex", ["--lr", "0"], {}),
     "T=0.7, lr 5e-4 (the first recipe)": ("llamaindex", ["--temperature", "0.7", "--lr", "0"], {}),
 }
 START, END = "<!-- learning:start -->", "<!-- learning:end -->"
@@ -59,15 +59,17 @@ def row(label: str, seed: int, result: dict) -> str:
     curve = [reward for _, reward in result["curve"]]
     best = max(curve)
     best_step = curve.index(best)
+    served_step, served = result.get("served") or (None, None)
+    serving = "" if served is None else f"{served:.2f} (step {served_step})"
     return (
         f"| {label} | {seed} | {curve[0]:.2f} | {best:.2f} (step {best_step}) | {curve[-1]:.2f} "
-        f"| {' → '.join(f'{r:.2f}' for r in curve)} | {result['wall_s']:.0f} s |"
+        f"| {serving} | {' → '.join(f'{r:.2f}' for r in curve)} | {result['wall_s']:.0f} s |"
     )
 
 
 TABLE_HEAD = [
-    "| settings | seed | baseline | best | final | held-out reward per step | time |",
-    "| --- | --- | --- | --- | --- | --- | --- |",
+    "| settings | seed | baseline | best | final | served | held-out reward per step | time |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
 ]
 
 
@@ -95,7 +97,8 @@ def subsections(results: dict, sweep: dict) -> dict[str, list[str]]:
 INTRO = [
     "## Learning (`python bench/bench_learning.py`)",
     "",
-    "Each run in its own process, one at a time, on this machine's cores. Held-out reward, after",
+    "Each run in its own process, one at a time, on this machine's cores, through the library's",
+    "learning loop (`wandb_serverless.learning`). Held-out reward of the newest checkpoint, after",
     "each RL step, on prompts never trained on: demo, greedy answers for 24 cities; LlamaIndex,",
     "2 seeded samples at the agent's temperature (T=1.0) for 12 cities. Each table says when it",
     "was run.",
@@ -110,22 +113,24 @@ def demo_table(runs: list[tuple[int, dict]]) -> list[str]:
         f"Measured by `python bench/bench_learning.py` on {os.cpu_count()} cores "
         f"({time.strftime('%Y-%m-%d')}), `make demo` defaults, seed {seed}:",
         "",
-        "| step | train reward (sampled rollouts) | trainable groups | held-out reward (greedy, 24 cities) | time |",
-        "| --- | --- | --- | --- | --- |",
-        f"| 0 | | | {first['curve'][0][1]:.2f} | |",
+        "| step | train reward (sampled rollouts) | trainable groups | held-out reward, newest checkpoint (greedy, 24 cities) | served as `:production` | time |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| 0 | | | {first['curve'][0][1]:.2f} | step 0 | |",
     ]
     for step in first["steps"]:
         lines.append(
             f"| {step['step']} | {step['train_reward']:.2f} | "
             f"{step['trainable_groups']}/{step['groups']} | {step['held_out']:.2f} | "
-            f"{step['elapsed_s']:.0f} s |"
+            f"step {step['served_step']} ({step['decision']}) | {step['elapsed_s']:.0f} s |"
         )
-    lines += ["", "Every seed (baseline → final, best step, whole run):", ""]
+    lines += ["", "Every seed (baseline → final, best step, served, whole run):", ""]
     for seed, result in runs:
         curve = [r for _, r in result["curve"]]
+        served_step, served = result.get("served") or (None, None)
+        serving = "" if served is None else f", serving step {served_step} ({served:.2f})"
         lines.append(
             f"- seed {seed}: {curve[0]:.2f} → {curve[-1]:.2f} (best {max(curve):.2f} at step "
-            f"{curve.index(max(curve))}), {result['wall_s']:.0f} s"
+            f"{curve.index(max(curve))}{serving}), {result['wall_s']:.0f} s"
         )
     lines.append(END)
     return lines

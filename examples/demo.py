@@ -1,22 +1,28 @@
 """The main job, end to end on the local backend (`make demo`):
 
-a LangGraph agent with ChatWandb calls a weather tool; the rollout hook records every run with
-its exact tokens; a computable reward scores tool-use discipline (call get_weather with the
-city asked about); groups of rollouts train RL steps on the local backend; the newest checkpoint
-is served back to the agent (`model=tm.ref`) and evaluated on held-out cities after every step.
+a LangGraph agent with ChatWandb calls a weather tool; the library's learning loop
+(`wandb_serverless.learning.LearningLoop`) runs it on training cities (every run recorded with
+its exact tokens), scores tool-use discipline (call get_weather with the city asked about),
+trains RL steps on the local backend, evaluates each checkpoint greedily on 24 held-out
+cities, and serves it to agents as `:production` only if it is not worse than the one served.
 
-    python examples/demo.py [--steps 4] [--groups 4] [--group-size 8]
+    python examples/demo.py [--steps 4] [--groups 6] [--group-size 8] [--harmful-step N]
+
+`--harmful-step 3` trains step 3 on inverted rewards: `:latest` falls, `:production` stays,
+and the next good step is served again.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -29,8 +35,9 @@ from langgraph.prebuilt import ToolNode
 
 from langchain_wandb import ChatWandb, RolloutCallbackHandler
 from wandb_serverless import TrainableModel, plot_reward_curve
+from wandb_serverless.learning import LearningLoop, Sampling, StepReport
 from wandb_serverless.local import LocalBackend
-from wandb_serverless.rollouts import RolloutStore, rollout
+from wandb_serverless.rollouts import RolloutStore
 
 HERE = Path(__file__).resolve().parent
 MODEL_CACHE = HERE.parent / ".cache" / "models"
@@ -94,6 +101,11 @@ def task(city: str, rng: random.Random) -> str:
     return rng.choice(QUESTIONS).format(city=city) + " " + INSTRUCTION
 
 
+_HELD_OUT_RNG = random.Random(0)
+#: each held-out city's question, fixed: every checkpoint answers the same 24 prompts
+HELD_OUT_TASKS = {city: task(city, _HELD_OUT_RNG) for city in HELD_OUT_CITIES}
+
+
 def reward(messages: list[AnyMessage], city: str) -> float:
     """1.0: get_weather called with the asked city; 0.25: called with another real city;
     0 otherwise. The instruction's ``<city>`` placeholder earns nothing: with credit for it (or
@@ -108,73 +120,49 @@ def reward(messages: list[AnyMessage], city: str) -> float:
     return 0.0
 
 
-async def run_agent(
-    agent,
-    question: str,
-    city: str,
-    *,
-    seed: int | None,
-    temperature: float,
-    group: str | None = None,
-    store: RolloutStore | None = None,
-) -> float:
-    async with rollout(group=group, metadata={"city": city}, store=store) as run:
+def play_fn(backend: LocalBackend, temperature: float, harmful_step: int | None = None):
+    """The rollout function the loop runs: one agent run on ``sampling.model`` (the checkpoint
+    sampled from, pinned), its reward returned. A training group asks its city one of the
+    questions (drawn from the group's seed: the same for its 8 rollouts), sampled at
+    ``temperature`` with the loop's seed; evaluation asks each held-out city its fixed question,
+    greedily. ``harmful_step``: that step's training rewards are inverted (1 - reward), a
+    corrupted reward the promotion gate must keep from agents."""
+
+    @functools.lru_cache(maxsize=8)  # one agent per checkpoint and temperature
+    def agent_for(model: str, temperature: float):
+        llm = ChatWandb(
+            model=model,
+            base_url=backend.base_url,
+            api_key=backend.api_key,
+            temperature=temperature,
+            max_tokens=40,
+        )
+        return build_agent(llm)
+
+    async def play(city: str, sampling: Sampling) -> float:
+        greedy = sampling.evaluation
+        question = (
+            HELD_OUT_TASKS[city] if greedy else task(city, random.Random(sampling.group_seed))
+        )
+        agent = agent_for(sampling.model, 0.0 if greedy else temperature)
         result = await agent.ainvoke(
             {"messages": [HumanMessage(question)]},
-            {"configurable": {"seed": seed}, "recursion_limit": 6},
+            {"configurable": {"seed": None if greedy else sampling.seed}, "recursion_limit": 6},
         )
-        run.reward = reward(result["messages"], city)
-    return run.reward
+        score = reward(result["messages"], city)
+        if sampling.step == harmful_step and not greedy:
+            return 1.0 - score  # the corrupted step: the gate must keep it from agents
+        return score
 
-
-async def evaluate(backend: LocalBackend, ref: str) -> float:
-    """Mean reward of greedy answers on the 24 held-out cities (never trained on): the agent's
-    most likely behaviour, deterministic, so steps compare without sampling noise; one city
-    is 0.04 of the score."""
-    llm = ChatWandb(
-        model=ref, base_url=backend.base_url, api_key=backend.api_key, temperature=0, max_tokens=40
-    )
-    agent = build_agent(llm)
-    rng = random.Random(0)
-    jobs = [
-        run_agent(agent, task(city, rng), city, seed=None, temperature=0)
-        for city in HELD_OUT_CITIES
-    ]
-    scores = await asyncio.gather(*jobs)
-    return sum(scores) / len(scores)
-
-
-async def collect(
-    agent, args: argparse.Namespace, rng: random.Random, store: RolloutStore, tag: str
-) -> tuple[list, list[float]]:
-    """One round of rollouts: ``args.groups`` training cities x ``args.group_size`` samples."""
-    jobs = []
-    for city in rng.sample(TRAIN_CITIES, args.groups):
-        question = task(city, rng)
-        jobs += [
-            run_agent(
-                agent,
-                question,
-                city,
-                seed=rng.randrange(1 << 30),
-                temperature=args.temperature,
-                group=f"{tag}-{city}",
-                store=store,
-            )
-            for _ in range(args.group_size)
-        ]
-    rewards = list(await asyncio.gather(*jobs))
-    groups = [g for g in store.groups() if str(g.metadata.get("group", "")).startswith(tag)]
-    return groups, rewards
+    return play
 
 
 async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: float) -> dict:
-    """Evaluate, then (collect groups of rollouts -> one RL step -> evaluate) x steps.
-
-    A step whose groups all have one reward (no signal: at the start the base model makes the
-    right call in ~3-5% of samples) samples another round of fresh groups, up to
-    ``args.max_rounds`` (DAPO's dynamic sampling, bounded): a cold start costs seconds of
-    sampling instead of a wasted step.
+    """The library's learning loop on the weather agent: baseline evaluation, then per step
+    sample 6 groups x 8 rollouts (more rounds while no group's rewards differ: at the start
+    the base model makes the right call in ~3-5% of samples), one RL step, a greedy
+    evaluation on 24 held-out cities, and the gate: the checkpoint is served as
+    ``:production`` only if it is not worse than the served one by more than the tolerance.
     """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,80 +175,109 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
         progress=False,
     )
     store = RolloutStore(out / "rollouts.db")
-    handler = RolloutCallbackHandler(store=store).install()  # zero-code capture
-    rng = random.Random(args.seed)
-    run_id = uuid.uuid4().hex[:8]  # a store kept from an earlier run never mixes in
-    curve = [(0, await evaluate(backend, tm.ref))]
-    print(
-        f"\n{'step':>4} {'train reward':>12} {'trainable groups':>16} {'held-out reward':>15} "
-        f"{'rollouts':>8} {'train':>6} {'total':>6}"
+    handler = RolloutCallbackHandler(store=store).install()  # zero-code capture (tool results)
+    loop = LearningLoop(
+        tm,
+        play_fn(backend, args.temperature, getattr(args, "harmful_step", None)),
+        train_scenarios=TRAIN_CITIES,  # distinct cities a round
+        eval_scenarios=HELD_OUT_CITIES,
+        group_size=args.group_size,
+        groups_per_step=args.groups,
+        max_rounds=args.max_rounds,
+        min_trainable_groups=getattr(args, "min_trainable_groups", 1),
+        tolerance=getattr(args, "tolerance", 0.05),
+        max_steps_off_policy=getattr(args, "max_steps_off_policy", 0),
+        train_config={"learning_rate": args.lr} if args.lr else None,  # None: the backend's
+        state_dir=out / f"loop-{uuid.uuid4().hex[:8]}",  # a fresh loop per run
+        store=store,
+        seed=args.seed,
+        progress=False,
     )
-    print(
-        f"{0:>4} {'':>12} {'':>16} {curve[0][1]:>15.2f} {'':>8} {'':>6} {time.monotonic() - started:>5.0f}s"
-    )
-    config = {"learning_rate": args.lr} if args.lr else None  # None: the backend's default
-    steps = []
+    table = Table(started, baseline=lambda: loop.state.score(0))
+    loop.on_step = table.add
     try:
-        for step in range(1, args.steps + 1):
-            # tm.ref: the newest checkpoint (the base model before the first one)
-            sampler = ChatWandb(
-                model=tm.ref,
-                base_url=backend.base_url,
-                api_key=backend.api_key,
-                temperature=args.temperature,
-                max_tokens=40,
-            )
-            agent = build_agent(sampler)
-            sampling = time.monotonic()
-            groups, rewards = [], []
-            for round_ in range(args.max_rounds):
-                tag = f"{args.name}-{run_id}-step{step}-r{round_}"
-                more_groups, more_rewards = await collect(agent, args, rng, store, tag)
-                groups += more_groups
-                rewards += more_rewards
-                if any(g.has_signal() for g in groups):
-                    break
-            sampling = time.monotonic() - sampling
-            result = tm.train_rl(groups, config)
-            held_out = await evaluate(backend, tm.ref)
-            curve.append((step, held_out))
-            trainable = len(groups) - result.dropped_groups
-            train_s = result.metrics.get("time/step_trainer_s", 0.0)
-            print(
-                f"{step:>4} {sum(rewards) / len(rewards):>12.2f} {trainable:>13}/{len(groups):<2} "
-                f"{held_out:>15.2f} {sampling:>7.0f}s {train_s:>5.0f}s "
-                f"{time.monotonic() - started:>5.0f}s"
-            )
-            steps.append(
-                {
-                    "step": step,
-                    "train_reward": sum(rewards) / len(rewards),
-                    "trainable_groups": trainable,
-                    "groups": len(groups),
-                    "held_out": held_out,
-                    "sampling_s": sampling,
-                    "train_s": train_s,
-                    "elapsed_s": time.monotonic() - started,
-                }
-            )
-            tm.log_metrics(
-                result.step,
-                {"eval/held_out_reward": held_out, "train/reward": sum(rewards) / len(rewards)},
-            )
+        await loop.arun(args.steps)
     finally:
         handler.uninstall()
     png = plot_reward_curve(
-        curve, out / "reward_curve.png", title="held-out reward, weather tool use"
+        table.curve, out / "reward_curve.png", title="held-out reward, weather tool use"
     )
-    return {"model": tm, "curve": curve, "steps": steps, "png": png, "rollouts": store.count()}
+    return {
+        "model": tm,
+        "loop": loop,
+        "curve": table.curve,
+        "steps": table.steps,
+        "png": png,
+        "rollouts": store.count(),
+    }
 
 
-def summary_line(curve: list[tuple[int, float]], seconds: float) -> str:
-    """``baseline -> final, best step, time``: how `make demo` ends."""
+class Table:
+    """The demo's table, a row per step as the loop reports it."""
+
+    def __init__(self, started: float, baseline: Callable[[], float | None]) -> None:
+        self.started, self.baseline = started, baseline
+        self.curve: list[tuple[int, float]] = []
+        self.steps: list[dict] = []
+        print(
+            f"\n{'step':>4} {'train reward':>12} {'groups':>7} {'held-out':>8} "
+            f"{'served (step)':>13} {'decision':>9} {'sample':>6} {'train':>5} {'total':>6}"
+        )
+
+    def add(self, report: StepReport) -> None:
+        if not self.curve:  # the baseline, evaluated while step 1 sampled
+            self.curve.append((0, self.baseline() or 0.0))
+            self._row(0, "", "", self.curve[0][1], self.curve[0][1], 0, "", "", "")
+        latest = report.eval_score if report.checkpoint is not None else self.curve[-1][1]
+        held_out = latest if latest is not None else 0.0
+        self.curve.append((report.step, held_out))
+        elapsed = time.monotonic() - self.started
+        row = {
+            "step": report.step,
+            "train_reward": report.train_reward or 0.0,
+            "trainable_groups": report.trainable_groups,
+            "groups": report.groups,
+            "held_out": held_out,
+            "served_step": report.served_step,
+            "served": report.served_score,
+            "decision": report.decision or report.outcome,
+            "sampling_s": report.sampling_s,
+            "train_s": report.training_s,
+            "elapsed_s": elapsed,
+        }
+        self.steps.append(row)
+        self._row(
+            report.step,
+            f"{row['train_reward']:.2f}",
+            f"{report.trainable_groups}/{report.groups}",
+            held_out,
+            report.served_score,
+            report.served_step,
+            row["decision"],
+            f"{report.sampling_s:.0f}s",
+            f"{report.training_s:.0f}s",
+        )
+
+    def _row(self, step, reward, groups, held_out, served, served_step, decision, sample, train):
+        served_text = "" if served is None else f"{served:.2f} ({served_step})"
+        print(
+            f"{step:>4} {reward:>12} {groups:>7} {held_out:>8.2f} {served_text:>13} "
+            f"{decision:>9} {sample:>6} {train:>5} {time.monotonic() - self.started:>5.0f}s",
+            flush=True,
+        )
+
+
+def summary_line(
+    curve: list[tuple[int, float]], seconds: float, served: tuple[int, float | None] | None = None
+) -> str:
+    """``baseline -> final, best step, [served], time``: how `make demo` ends."""
     best_step, best = max(curve, key=lambda point: (point[1], -point[0]))
+    serving = ""
+    if served is not None and served[1] is not None:
+        serving = f"; serving step {served[0]} ({served[1]:.2f})"
     return (
         f"held-out reward {curve[0][1]:.2f} -> {curve[-1][1]:.2f} "
-        f"(best {best:.2f} at step {best_step}) in {seconds:.0f} s"
+        f"(best {best:.2f} at step {best_step}{serving}) in {seconds:.0f} s"
     )
 
 
@@ -277,36 +294,35 @@ async def main(args: argparse.Namespace) -> None:
             f"(ready in {time.monotonic() - started:.0f}s)"
         )
         result = await train_loop(backend, args, started)
-        tm, curve = result["model"], result["curve"]
+        tm, loop, curve = result["model"], result["loop"], result["curve"]
+        served = (loop.state.promoted, loop.state.promoted_score)
         seconds = time.monotonic() - started
         print(
             f"\n{result['rollouts']} rollouts recorded, {tm.latest_step()} checkpoints; newest "
-            f"served as {tm.ref}; reward curve: {result['png']}; history: {tm.history_path}"
+            f"{tm.ref}; agents are served {loop.served_ref} = step {served[0]}; reward curve: "
+            f"{result['png']}; history: {loop.journal.path}"
         )
         if args.summary:
-            Path(args.summary).write_text(
-                json.dumps(
-                    {
-                        "seed": args.seed,
-                        "lr": args.lr,
-                        "curve": curve,
-                        "steps": result["steps"],
-                        "seconds": seconds,
-                    }
-                )
-            )
-        print(summary_line(curve, seconds))
+            summary = {"seed": args.seed, "lr": args.lr, "curve": curve, "served": served}
+            summary |= {"steps": result["steps"], "seconds": seconds}
+            Path(args.summary).write_text(json.dumps(summary))
+        print(summary_line(curve, seconds, served))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=4, help="RL steps (default 4)")
-    parser.add_argument("--groups", type=int, default=4, help="prompts per step (default 4)")
+    parser.add_argument(
+        "--groups", type=int, default=6, help="cities (groups of rollouts) a round (default 6)"
+    )
     parser.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
     parser.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: the backend's, 5e-4)"
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="RL learning rate (default 1e-3; 0: the backend's, 5e-4)",
     )
     parser.add_argument(
         "--max-rounds",
@@ -314,18 +330,47 @@ def parse_args() -> argparse.Namespace:
         default=3,
         help="rounds of groups a step samples while none has reward variance (default 3)",
     )
+    parser.add_argument(
+        "--min-trainable-groups",
+        type=int,
+        default=1,
+        help="a step samples more rounds while fewer groups than this have rewards that differ "
+        "(default 1)",
+    )
     parser.add_argument("--summary", help="write the run's curve and timings to this JSON file")
     parser.add_argument(
         "--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--harmful-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train step N on corrupted (inverted) rewards, to watch the promotion gate keep "
+        "it from agents (off by default)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="promote a checkpoint unless its held-out reward is this much below the served "
+        "one's (default 0.05: about one of the 24 cities)",
+    )
+    parser.add_argument(
+        "--max-steps-off-policy",
+        type=int,
+        default=0,
+        help="sample step k+1 while step k trains, from a policy at most this many steps old "
+        "(default 0: in turn; measured in bench/RESULTS.md)",
+    )
     parser.add_argument("--name", default="weather-agent", help="the trained model's name")
     parser.add_argument(
         "--out",
         default=str(HERE.parent / "demo-output"),
         help="where the PNG, history and rollouts go",
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

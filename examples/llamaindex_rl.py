@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import random
 import re
 import tempfile
 import time
@@ -35,8 +34,9 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.wandb import RolloutEventHandler, WandbLLM
 
 from wandb_serverless import TrainableModel
+from wandb_serverless.learning import LearningLoop, Sampling, StepReport
 from wandb_serverless.local import LocalBackend
-from wandb_serverless.rollouts import Choice, RolloutStore, rollout
+from wandb_serverless.rollouts import Choice, RolloutStore
 
 HERE = Path(__file__).resolve().parent
 MODEL_CACHE = HERE.parent / ".cache" / "models"
@@ -104,91 +104,34 @@ def agent_for(backend: LocalBackend, model: str, temperature: float, seed: int |
     return FunctionAgent(tools=TOOLS, llm=llm, system_prompt=SYSTEM, initial_tool_choice="required")
 
 
-async def run_agent(
-    backend: LocalBackend,
-    model: str,
-    city: str,
-    *,
-    temperature: float,
-    seed: int | None,
-    group: str | None = None,
-    store: RolloutStore | None = None,
-) -> float:
-    agent = agent_for(backend, model, temperature, seed)
-    async with rollout(group=group, metadata={"city": city}, store=store) as run:
+def play_fn(backend: LocalBackend, temperature: float):
+    """The rollout function the loop runs: one agent run on ``sampling.model`` at the agent's
+    temperature with the loop's seed (evaluation too: 2 seeded samples per held-out city)."""
+
+    async def play(city: str, sampling: Sampling) -> float:
+        agent = agent_for(backend, sampling.model, temperature, sampling.seed)
         try:
             answer = str(await agent.run(QUESTION.format(city=city), max_iterations=4))
         except Exception as exc:  # a run that broke (e.g. too many tool calls) earns nothing
             answer = f"error: {type(exc).__name__}"
-        run.reward = reward(answer, city)
-    return run.reward
+        return reward(answer, city)
+
+    return play
 
 
-def trainable_turns(store: RolloutStore, tag: str) -> list[int]:
-    """Model turns with exact tokens per recorded trajectory of this step."""
+def trainable_turns(store: RolloutStore, names: list[str]) -> list[int]:
+    """Model turns with exact tokens per recorded trajectory of these groups."""
     return [
         sum(isinstance(i, Choice) and i.logprobs is not None for i in t.messages_and_choices)
-        for g in store.groups()
-        if str(g.metadata.get("group", "")).startswith(tag)
+        for g in store.groups(names=names)
         for t in g.trajectories
     ]
 
 
-async def evaluate(backend: LocalBackend, model: str, temperature: float) -> float:
-    """Mean reward on the held-out cities, EVAL_SAMPLES seeded samples each at the agent's
-    temperature: greedy answers are already right for most cities (0.94 measured), while a
-    sampled run gets the tool, the city and the number right about half the time, and that
-    reliability is what training improves."""
-    scores = await asyncio.gather(
-        *(
-            run_agent(backend, model, city, temperature=temperature, seed=1000 * i + j)
-            for i, city in enumerate(HELD_OUT_CITIES)
-            for j in range(EVAL_SAMPLES)
-        )
-    )
-    return sum(scores) / len(scores)
-
-
-async def sample_step(
-    backend: LocalBackend,
-    args: argparse.Namespace,
-    model: str,
-    tag: str,
-    rng: random.Random,
-    store: RolloutStore,
-) -> dict:
-    """One step's training rollouts: rounds of ``groups`` cities × ``group_size`` runs, until a
-    group has a reward that differs (at most ``max_rounds``)."""
-    groups, rewards, turns = [], [], []
-    for round_ in range(args.max_rounds):
-        round_tag = f"{tag}-r{round_}"
-        rewards += await asyncio.gather(
-            *(
-                run_agent(
-                    backend,
-                    model,
-                    city,
-                    temperature=args.temperature,
-                    seed=rng.randrange(1 << 30),
-                    group=f"{round_tag}-{city}",
-                    store=store,
-                )
-                for city in rng.sample(TRAIN_CITIES, args.groups)
-                for _ in range(args.group_size)
-            )
-        )
-        groups += [
-            g for g in store.groups() if str(g.metadata.get("group", "")).startswith(round_tag)
-        ]
-        turns += trainable_turns(store, round_tag)
-        if any(g.has_signal() for g in groups):
-            break
-    return {"groups": groups, "rewards": rewards, "turns": turns}
-
-
 async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: float) -> dict:
-    """Each checkpoint is evaluated while the next step's rollouts sample from it: one engine
-    batch for both (the engine's throughput grows with the batch), the same numbers."""
+    """The library's learning loop: each checkpoint is evaluated while the next step's rollouts
+    sample from it (one engine batch for both: the engine's throughput grows with the batch),
+    and served as ``:production`` only when it is not worse than the served one."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tm = TrainableModel(
@@ -197,50 +140,60 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     )  # fmt: skip
     store = RolloutStore(out / "rollouts.db")
     handler = RolloutEventHandler(store=store).install()
-    rng = random.Random(args.seed)
-    run_id = uuid.uuid4().hex[:8]
+    loop = LearningLoop(
+        tm,
+        play_fn(backend, args.temperature),
+        train_scenarios=TRAIN_CITIES,
+        eval_scenarios=HELD_OUT_CITIES,
+        group_size=args.group_size,
+        groups_per_step=args.groups,
+        max_rounds=args.max_rounds,
+        eval_samples=EVAL_SAMPLES,
+        tolerance=args.tolerance,
+        max_steps_off_policy=args.max_steps_off_policy,
+        train_config={"learning_rate": args.lr} if args.lr else None,  # 0/None: the backend's
+        state_dir=out / f"loop-{uuid.uuid4().hex[:8]}",
+        store=store,
+        seed=args.seed,
+        progress=False,
+    )
     curve: list[tuple[int, float]] = []
     steps: list[dict] = []
     print(
-        f"\n{'step':>4} {'train reward':>12} {'groups':>7} {'turns':>6} {'held-out':>9} {'total':>6}"
+        f"\n{'step':>4} {'train reward':>12} {'groups':>7} {'turns':>6} {'held-out':>9} "
+        f"{'served':>8} {'total':>6}"
     )
 
-    def report(step: int, held_out: float, trained: dict | None) -> None:
-        curve.append((step, held_out))
+    def report(step: StepReport) -> None:
+        if not curve:
+            curve.append((0, loop.state.score(0) or 0.0))
+            print(f"{0:>4} {'':>12} {'':>7} {'':>6} {curve[0][1]:>9.2f} {'0':>8}")
+        held_out = step.eval_score if step.checkpoint is not None else curve[-1][1]
+        curve.append((step.step, held_out or 0.0))
+        sampled = next(
+            r for r in loop.history() if r["event"] == "sampled" and r["step"] == step.step
+        )
+        turns = trainable_turns(store, sampled["groups"])
         elapsed = time.monotonic() - started
-        if trained is None:
-            print(f"{step:>4} {'':>12} {'':>7} {'':>6} {held_out:>9.2f} {elapsed:>5.0f}s")
-            return
-        trained.update(step=step, held_out=held_out, elapsed_s=elapsed)
-        steps.append(trained)
+        steps.append({
+            "step": step.step, "train_reward": step.train_reward or 0.0, "held_out": curve[-1][1],
+            "trainable_groups": step.trainable_groups, "groups": step.groups,
+            "trainable_turns": sum(turns) / max(1, len(turns)), "served_step": step.served_step,
+            "elapsed_s": elapsed,
+        })  # fmt: skip
         print(
-            f"{step:>4} {trained['train_reward']:>12.2f} "
-            f"{trained['trainable_groups']:>4}/{trained['groups']:<2} "
-            f"{trained['trainable_turns']:>6.1f} {held_out:>9.2f} {elapsed:>5.0f}s"
+            f"{step.step:>4} {steps[-1]['train_reward']:>12.2f} "
+            f"{step.trainable_groups:>4}/{step.groups:<2} {steps[-1]['trainable_turns']:>6.1f} "
+            f"{curve[-1][1]:>9.2f} {step.served_step!s:>8} {elapsed:>5.0f}s",
+            flush=True,
         )
 
+    loop.on_step = report
     try:
-        trained = None
-        for step in range(1, args.steps + 1):
-            model = tm.ref
-            held_out, sampled = await asyncio.gather(
-                evaluate(backend, model, args.temperature),
-                sample_step(backend, args, model, f"{run_id}-step{step}", rng, store),
-            )
-            report(step - 1, held_out, trained)
-            config = {"learning_rate": args.lr} if args.lr else None  # 0/None: the backend's
-            result = tm.train_rl(sampled["groups"], config)
-            rewards, turns = sampled["rewards"], sampled["turns"]
-            trained = {
-                "train_reward": sum(rewards) / len(rewards),
-                "trainable_groups": len(sampled["groups"]) - result.dropped_groups,
-                "groups": len(sampled["groups"]),
-                "trainable_turns": sum(turns) / max(1, len(turns)),
-            }
-        report(args.steps, await evaluate(backend, tm.ref, args.temperature), trained)
+        await loop.arun(args.steps)
     finally:
         handler.uninstall()
-    return {"model": tm, "curve": curve, "steps": steps}
+    return {"model": tm, "loop": loop, "curve": curve, "steps": steps}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -252,14 +205,15 @@ async def main(args: argparse.Namespace) -> None:
         ) as backend,
     ):
         result = await train_loop(backend, args, started)
+    loop = result["loop"]
+    served = (loop.state.promoted, loop.state.promoted_score)
     curve, seconds = result["curve"], time.monotonic() - started
     if args.summary:
+        summary = {"seed": args.seed, "curve": curve, "served": served}
         Path(args.summary).write_text(
-            json.dumps(
-                {"seed": args.seed, "curve": curve, "steps": result["steps"], "seconds": seconds}
-            )
+            json.dumps(summary | {"steps": result["steps"], "seconds": seconds})
         )
-    print(summary_line(curve, seconds))
+    print(summary_line(curve, seconds, served))
 
 
 def parse_args() -> argparse.Namespace:
@@ -274,6 +228,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--lr", type=float, default=1e-3, help="RL learning rate (default 1e-3; 0: the backend's)"
+    )
+    parser.add_argument("--tolerance", type=float, default=0.05, help="the promotion gate's")
+    parser.add_argument(
+        "--max-steps-off-policy",
+        type=int,
+        default=0,
+        help="sample step k+1 while step k trains (default 0: in turn)",
     )
     parser.add_argument("--out", default=str(HERE.parent / "demo-output" / "llamaindex"))
     parser.add_argument("--summary", help="write the curve and timings to this JSON file")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import types
 
 import pytest
 
@@ -143,7 +144,8 @@ def _loop(tmp_path, **overrides):
         return 0.0
 
     settings = {"train_scenarios": ["a"], "eval_scenarios": ["b"], "state_dir": tmp_path}
-    return LearningLoop(object(), play, **(settings | overrides))  # type: ignore[arg-type]
+    model = types.SimpleNamespace(hosted=False, base_model="b")  # what construction reads
+    return LearningLoop(model, play, **(settings | overrides))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -305,3 +307,14 @@ def test_a_step_report_is_a_json_record_a_metric_set_and_one_line():
     assert report.metrics()["loop/completion_tokens"] == 200.0
     line = report.line(0.05)
     assert "32 rollouts from step 1" in line and "checkpoint 2" in line and "promoted" in line
+
+
+def test_sampling_follows_the_served_checkpoint_only_within_the_bound(tmp_path):
+    loop = _loop(tmp_path, sample_from="promoted", max_steps_off_policy=1)
+    loop.state.latest, loop.state.promoted = 5, 4
+    assert loop._sampling_policy() == 4  # one step behind the newest: within the bound
+    loop.state.promoted = 3
+    assert loop._sampling_policy() == 5  # two behind: the newest instead
+    latest = _loop(tmp_path / "other", max_steps_off_policy=1)
+    latest.state.latest, latest.state.promoted = 5, 4
+    assert latest._sampling_policy() == 5

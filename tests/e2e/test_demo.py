@@ -56,8 +56,9 @@ async def test_shortened_demo_trains_one_step_and_serves_the_new_checkpoint(
     assert tm.ref_at(1) in [m.id for m in oai.models.list()]
     assert result["png"].exists() and result["png"].stat().st_size > 1000
     history = [json.loads(line) for line in tm.history_path.read_text().splitlines()]
-    assert any("eval/held_out_reward" in entry for entry in history)
+    assert any("loop/eval_score" in entry for entry in history)
     assert any(entry.get("train/num_groups_trainable", 0) >= 1 for entry in history)
+    assert result["loop"].served_ref == "wandb-artifact:///local/demo/e2e-agent:production"
 
 
 def test_the_demo_reward_pays_for_the_asked_city_not_the_placeholder():
@@ -73,3 +74,23 @@ def test_the_demo_reward_pays_for_the_asked_city_not_the_placeholder():
     assert demo.reward(called({"city": "london"}), "Paris") == 0.25
     assert demo.reward(called({"city": "<city>"}), "Paris") == 0.0
     assert demo.reward([HumanMessage("q"), AIMessage("<tool_call>get_weather")], "Paris") == 0.0
+
+
+@pytest.mark.slow
+async def test_a_harmful_step_is_kept_from_agents_and_the_next_good_one_served(backend, tmp_path):
+    """`make demo DEMO_ARGS="--harmful-step 3"`: step 3 trains on inverted rewards. The newest
+    checkpoint falls, `:production` stays where it was, and step 4, trained on good rewards
+    again, is served."""
+    demo = load_demo()
+    args = demo.parse_args(
+        ["--harmful-step", "3", "--seed", "0", "--out", str(tmp_path), "--name", "harmful-agent"]
+    )
+    result = await demo.train_loop(backend, args, time.monotonic())
+    before, harmful, recovered = result["steps"][1:]
+    assert harmful["held_out"] < before["held_out"] - args.tolerance  # :latest fell
+    assert harmful["decision"] == "rejected" and harmful["served_step"] == before["served_step"]
+    assert (recovered["decision"], recovered["served_step"]) == ("promoted", 4)
+    assert result["loop"].model.served_step() == 4
+    decisions = {r["checkpoint"]: r["event"] for r in result["loop"].history()
+                 if r["event"] in ("promoted", "rejected")}  # fmt: skip
+    assert (decisions[3], decisions[4]) == ("rejected", "promoted")

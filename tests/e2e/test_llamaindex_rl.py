@@ -53,6 +53,8 @@ async def test_a_run_trains_on_both_model_turns_with_the_tool_result_masked(
         seed=5,
         out=str(tmp_path),
         lr=None,
+        tolerance=0.05,
+        max_steps_off_policy=0,
     )
     result = await example.train_loop(backend, args, time.monotonic())
     tm = result["model"]

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,11 +73,11 @@ class LearningLoop:
     chat model from ``sampling.model``, and returns the reward. Each step samples
     ``groups_per_step`` groups of ``group_size`` rollouts of training scenarios (more rounds
     while fewer than ``min_trainable_groups`` groups have rewards that differ, at most
-    ``max_rounds``), trains one RL step, evaluates
-    the new checkpoint on ``eval_scenarios`` (``eval_samples`` seeded rollouts each: the same
-    seeds for every checkpoint), and serves it as ``:{alias}`` only if its score is not worse
-    than the served checkpoint's by more than ``tolerance``. Agents that should follow only
-    promoted checkpoints build their model from ``loop.served_ref``.
+    ``max_rounds``), trains one RL step, evaluates the new checkpoint on ``eval_scenarios``
+    (``eval_samples`` seeded rollouts each: the same seeds for every checkpoint), and serves it
+    as ``:{alias}`` only if its score is not worse than the served checkpoint's by more than
+    ``tolerance``. Agents that should follow only promoted checkpoints build their model from
+    ``loop.served_ref``; ``on_step`` (a callable) gets each step's ``StepReport``.
 
     While a step trains, the next one samples from the newest checkpoint (``sample_from=
     "latest"``) or the served one (``"promoted"``, when it is within ``max_steps_off_policy``
@@ -129,7 +129,7 @@ class LearningLoop:
         self.journal = Journal(self.state_dir / "history.jsonl")
         self.store = store or RolloutStore(self.state_dir / "rollouts.db")
         self.reports: deque[StepReport] = deque(maxlen=1000)  # this process's latest steps
-        self.on_step: Any = None  # called with each StepReport (the demo prints its table)
+        self.on_step: Callable[[StepReport], Any] | None = None  # the demo prints its table
         self._aliases = served_aliases(model)
         self._held = False
         self._baseline = 0  # what a fresh loop serves first: the alias's step, else the newest

@@ -32,7 +32,9 @@ class Sampling:
     so every trajectory knows the policy it came from. ``seed`` makes the sampling
     reproducible; ``evaluation`` is True on held-out scenarios (sample as you serve there).
     ``rollout`` is the open rollout: calls made through ChatWandb / WandbLLM / the trace hooks
-    are recorded into it; set ``rollout.reward`` or return the reward.
+    are recorded into it; set ``rollout.reward`` or return the reward. ``group_seed`` is the
+    same for every rollout of a group (draw from it what varies per group but not within one,
+    such as a phrasing of the scenario); None in an evaluation.
     """
 
     model: str
@@ -41,6 +43,7 @@ class Sampling:
     policy_step: int
     evaluation: bool
     rollout: Rollout
+    group_seed: int | None = None
 
 
 RolloutFn = Callable[[Any, Sampling], Awaitable[float | None] | float | None]
@@ -126,6 +129,7 @@ class PlannedGroup:
     name: str
     scenario_index: int
     seeds: tuple[int, ...]
+    group_seed: int = 0
 
     def rollout_id(self, sample: int) -> str:
         return f"{self.name}-{sample}"
@@ -147,6 +151,7 @@ def plan_round(
             f"{run_id}-s{step}-r{round_}-g{g}",
             index,
             tuple(rng.randrange(1 << 30) for _ in range(group_size)),
+            rng.randrange(1 << 30),
         )
         for g, index in enumerate(indices)
     ]
@@ -270,6 +275,7 @@ class Sampler:
                         step=step,
                         policy_step=policy,
                         evaluation=False,
+                        group_seed=group.group_seed,
                     )
                 )
         await asyncio.gather(*jobs)
