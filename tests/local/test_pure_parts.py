@@ -38,6 +38,9 @@ def calls_of(calls: list[ParsedCall]) -> list[tuple[str, dict]]:
         # a name the request did not offer, or JSON that does not parse: text, never a call
         (format_tool_call("rm_rf", "{}"), format_tool_call("rm_rf", "{}"), []),
         ("<tool_call>{not json}</tool_call>", "<tool_call>{not json}</tool_call>", []),
+        # a name that is not a string (the model wrote it once): text, not a 500
+        ('<tool_call>{"name": {"city": "Oslo"}}</tool_call>', '<tool_call>{"name": {"city": "Oslo"}}</tool_call>', []),
+        ('<tool_call>{"name": ["get_time"]}</tool_call>', '<tool_call>{"name": ["get_time"]}</tool_call>', []),
         ('<tool_call>{"name": "get_time", "parameters": {"tz": "UTC"}}</tool_call>', None, [("get_time", {"tz": "UTC"})]),
         ('{"name": "get_time", "arguments": {}}', None, [("get_time", {})]),  # bare object
         ("Just text.", "Just text.", []),

@@ -126,7 +126,9 @@ def _parse_call(raw: str, names: set[str]) -> ParsedCall | None:
         obj = json.loads(raw.strip())
     except ValueError:
         return None
-    if not isinstance(obj, dict) or obj.get("name") not in names:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None  # the model may write any JSON: a name that is an object is no call
+    if obj["name"] not in names:
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if not isinstance(args, str):
