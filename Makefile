@@ -31,7 +31,7 @@ format: setup
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# `make demo DEMO_ARGS="--harmful-step 2 --steps 5"`: one step on corrupted rewards, to watch
+# `make demo DEMO_ARGS="--harmful-step 3 --groups 4"`: one step on corrupted rewards, to watch
 # the promotion gate keep it from agents
 demo: setup
 	$(PY) examples/demo.py $(DEMO_ARGS)

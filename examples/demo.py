@@ -8,8 +8,9 @@ cities, and serves it to agents as `:production` only if it is not worse than th
 
     python examples/demo.py [--steps 4] [--groups 6] [--group-size 8] [--harmful-step N]
 
-`--harmful-step 3` trains step 3 on inverted rewards: `:latest` falls, `:production` stays,
-and the next good step is served again.
+`--harmful-step 3 --groups 4` trains step 3 on inverted rewards: `:latest` falls,
+`:production` stays, and the next good step is served again. (With the default 6 groups the
+policy is confident by step 3, and one inverted step barely moves its greedy answers.)
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ def play_fn(backend: LocalBackend, temperature: float, harmful_step: int | None 
             {"configurable": {"seed": None if greedy else sampling.seed}, "recursion_limit": 6},
         )
         score = reward(result["messages"], city)
-        if sampling.step == harmful_step and not greedy:
-            return 1.0 - score  # the corrupted step: the gate must keep it from agents
+        if sampling.step == harmful_step and not greedy:  # the gate must keep it from agents
+            return 1.0 - score
         return score
 
     return play
