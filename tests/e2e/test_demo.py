@@ -80,13 +80,15 @@ def test_the_demo_reward_pays_for_the_asked_city_not_the_placeholder():
 async def test_a_harmful_step_is_kept_from_agents_and_the_next_good_one_served(backend, tmp_path):
     """`make demo DEMO_ARGS="--harmful-step 3 --groups 4"`: step 3 trains on inverted rewards.
     The newest checkpoint falls, `:production` stays where it was, and step 4, trained on good
-    rewards again, is served. (Measured: 0.84 -> 0.61 -> 0.84 on seed 0, 0.52 -> 0.15 -> 0.91
-    on seed 1; with 6 groups the policy is confident by step 3 and one inverted step moved
-    its greedy answers by one city at most.)"""
+    rewards again, is served. (Measured, demo's backend: 0.84 -> 0.61 -> 0.84 on seed 0,
+    0.52 -> 0.15 -> 0.91 on seed 1; this test's backend: 0.88 -> 0.00 -> 0.84. With 6 groups
+    the policy is confident by step 3 and one inverted step moved its greedy answers by one
+    city at most.) The recovered step lands within a city or two of the served one, so the
+    test's tolerance is 0.1 (the demo's 0.05 promoted it too, by 0.01)."""
     demo = load_demo()
     args = demo.parse_args(
-        ["--harmful-step", "3", "--groups", "4", "--seed", "0", "--out", str(tmp_path),
-         "--name", "harmful-agent"]
+        ["--harmful-step", "3", "--groups", "4", "--tolerance", "0.1", "--seed", "0",
+         "--out", str(tmp_path), "--name", "harmful-agent"]
     )  # fmt: skip
     result = await demo.train_loop(backend, args, time.monotonic())
     before, harmful, recovered = result["steps"][1:]
