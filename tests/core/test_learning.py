@@ -213,6 +213,13 @@ def test_a_reward_that_is_not_a_number_is_a_clear_failure(tmp_path):
         iter(outcome.errors)
     )
 
+    def sets_nan(scenario, sampling):
+        sampling.rollout.reward = float("nan")  # would make the training job a 422
+
+    outcome, store = _run_one(tmp_path / "nan", sets_nan)
+    assert outcome.failed == 1 and store.groups()[0].trajectories == []
+    assert _run_one(tmp_path / "bool", lambda scenario, sampling: True)[0].rewards == [1.0]
+
 
 def test_a_sync_rollout_function_runs_in_its_rollout_and_may_set_the_reward_itself(tmp_path):
     seen = []

@@ -92,8 +92,7 @@ class Runner:
                 reward = await asyncio.wait_for(
                     self._call(scenario, Sampling(rollout=run, **sampling)), self.timeout
                 )
-                if reward is not None:
-                    run.reward = _as_reward(reward)
+                run.reward = _as_reward(run.reward if reward is None else reward)
             except asyncio.CancelledError:
                 run.abandon()
                 raise
@@ -103,6 +102,8 @@ class Runner:
                         f"the rollout took over {self.timeout:g} s (rollout_timeout)"
                     )
                 outcome.fail(exc)
+                if not isinstance(run.reward, int | float) or not math.isfinite(run.reward):
+                    run.reward = 0.0  # a failed rollout's reward is never trained on
                 await run.__aexit__(type(exc), exc, None)  # stored with its exception
                 return
             await run.__aexit__(None, None, None)
@@ -116,7 +117,7 @@ class Runner:
 
 
 def _as_reward(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, int | float) or not math.isfinite(value):
         raise TypeError(
             f"the rollout function returned {value!r}: return the reward (a finite number), or "
             "None after setting sampling.rollout.reward"

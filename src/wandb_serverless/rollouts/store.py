@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -299,6 +300,11 @@ def _settle(batch: list[tuple[tuple, Any]], exc: BaseException | None) -> None:
 
 
 def _row(trajectory: Trajectory, group: str | None, exception: dict | None) -> tuple:
+    if not math.isfinite(trajectory.reward):  # SQLite would store NULL and refuse the row
+        raise ValueError(
+            f"rollout {trajectory.metadata.get('rollout_id')}: the reward must be a finite "
+            f"number, not {trajectory.reward}"
+        )
     return (
         str(trajectory.metadata.get("rollout_id") or uuid.uuid4().hex),
         group,
