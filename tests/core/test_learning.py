@@ -230,7 +230,7 @@ def test_a_sync_rollout_function_runs_in_its_rollout_and_may_set_the_reward_itse
 
     outcome, store = _run_one(tmp_path, play)
     assert outcome.rewards == [0.75] and seen == [("scenario", "m", 1, "rollout-1")]
-    (trajectory,) = store.groups()[0].trajectories
+    (trajectory,) = store.query(group="g")
     assert trajectory.reward == 0.75 and trajectory.initial_policy_version is None
 
 

@@ -351,3 +351,27 @@ async def test_a_failed_commit_reaches_every_waiter_and_the_next_save_works(
     assert all(isinstance(r, sqlite3.OperationalError) for r in results)
     monkeypatch.setattr(store, "_commit", commit)
     assert await save(9) == "f9" and store.count() == 1
+
+
+def test_a_rollout_with_no_model_turn_is_said_once_and_groups_leaves_it_out(
+    tmp_path, caplog, monkeypatch
+):
+    """Calls through a client nothing records (a plain openai client) leave a rollout with no
+    model turn: the user hears it when it finishes, not from a failed training job."""
+    from wandb_serverless.rollouts import recorder
+
+    monkeypatch.setattr(recorder, "_warned_no_turns", False)
+    store = RolloutStore(tmp_path / "r.db")
+    for _ in range(2):
+        with caplog.at_level("WARNING"), rollout(group="g", store=store) as run:
+            run.reward = 1.0  # the agent called the model through an unrecorded client
+    said = [r.getMessage() for r in caplog.records if "no model turn" in r.getMessage()]
+    assert len(said) == 1 and "plain openai client" in said[0]  # once a process
+    with rollout(group="g", store=store) as run:
+        run.add_call(LLMCall([USER], None, turn("sunny")))
+        run.reward = 0.5
+    caplog.clear()
+    (group,) = store.groups()
+    assert group.rewards == [0.5] and store.left_out == 2
+    assert "2 rollout(s) left out" in caplog.text
+    assert len(store.query(group="g")) == 3  # kept in the store: only left out of training

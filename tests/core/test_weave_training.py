@@ -86,7 +86,7 @@ def trace():
 def write(client, group: str, reward: float, n: int = 1) -> None:
     for _ in range(n):
         with rollout(group=group, weave=client) as run:
-            logprobs = {"content": [{"token": "token_id:5", "logprob": -0.5}]}
+            logprobs = {"content": [{"token": "token_id:5", "logprob": -0.5, "top_logprobs": []}]}
             run.add_call(
                 LLMCall(
                     [{"role": "user", "content": group}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
-from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+from wandb_serverless.rollouts.trajectory import NO_TURNS, Trajectory, TrajectoryGroup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trajectories (
@@ -27,6 +28,7 @@ CREATE INDEX IF NOT EXISTS trajectories_by_group ON trajectories (grp, created);
 """
 
 
+log = logging.getLogger(__name__)
 MAX_ROWS_PER_INSERT = 1000  # 7 values a row, under SQLite's default limit of 32766
 
 
@@ -47,6 +49,7 @@ class RolloutStore:
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous
+        self.left_out = 0  # rollouts the last groups() left out: no model turn to train on
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -239,7 +242,7 @@ class RolloutStore:
         reward-0 trajectory it would skew the group's advantages and count the failure twice.
         """
         rows = self._select("grp, data, exception", names=names, metadata=metadata)
-        return collect_groups(
+        groups, self.left_out = collect_groups(
             (
                 grp,
                 Trajectory.model_validate_json(data),
@@ -247,6 +250,7 @@ class RolloutStore:
             )
             for grp, data, exception in rows
         )
+        return groups
 
     def export_rl_groups(self, **filters: Any) -> list[dict[str, Any]]:
         """Groups as JSON, ready for ``trajectory_groups`` of an RL job."""
@@ -266,12 +270,14 @@ class RolloutStore:
 
 def collect_groups(
     rows: Iterable[tuple[str | None, Trajectory, dict[str, Any] | None]],
-) -> list[TrajectoryGroup]:
+) -> tuple[list[TrajectoryGroup], int]:
     """``(group, trajectory, exception)`` rows as groups, in first-seen order: the group is the
     row's or the trajectory's ``metadata["group"]``; ungrouped rows are left out; a rollout
-    that raised goes to its group's ``exceptions`` only."""
+    that raised goes to its group's ``exceptions`` only. A rollout with no model turn is left
+    out too (a training job refuses it) and counted: the second value, also logged."""
     by_group: dict[str, list[Trajectory]] = defaultdict(list)
     exceptions: dict[str, list[dict]] = defaultdict(list)
+    empty = 0
     for grp, trajectory, exception in rows:
         name = grp if grp is not None else trajectory.metadata.get("group")
         if name is None:
@@ -279,14 +285,21 @@ def collect_groups(
         if exception is not None:
             exceptions[str(name)].append(exception)
             by_group.setdefault(str(name), [])
+        elif trajectory.model_turns() == 0:
+            empty += 1
         else:
             by_group[str(name)].append(trajectory)
-    return [
+    if empty:
+        log.warning(
+            "%d rollout(s) left out: no model turn was recorded in them (%s)", empty, NO_TURNS
+        )
+    groups = [
         TrajectoryGroup(
             trajectories=items, exceptions=exceptions.get(name, []), metadata={"group": name}
         )
         for name, items in by_group.items()
     ]
+    return groups, empty
 
 
 def _settle(batch: list[tuple[tuple, Any]], exc: BaseException | None) -> None:

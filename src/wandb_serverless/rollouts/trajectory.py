@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 
 __all__ = ["Choice", "History", "Trajectory", "TrajectoryGroup"]
 
+NO_TURNS = (
+    "what the model says is recorded from calls through ChatWandb, WandbLLM, and LangChain / "
+    "LlamaIndex models with the trace hooks installed; calls through a plain openai client are not"
+)
 MESSAGE_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 
 
@@ -130,6 +134,14 @@ class Trajectory(History):
         for exchange in self.exchanges.chat_completions if self.exchanges else []:
             choices += exchange.choices()
         return any(c.logprobs is not None for c in choices)
+
+    def model_turns(self) -> int:
+        """Assistant turns in all its conversations: 0 when nothing the model said was recorded
+        (a rollout that nothing can train on)."""
+        histories = [self, *self.additional_histories]
+        turns = sum(m["role"] == "assistant" for h in histories for m in h.messages())
+        exchanges = self.exchanges.chat_completions if self.exchanges else []
+        return turns + sum(len(e.response.get("choices") or []) for e in exchanges)
 
 
 class TrajectoryGroup(BaseModel):

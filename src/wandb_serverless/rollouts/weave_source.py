@@ -157,6 +157,7 @@ class WeaveRollouts:
         self.reward = reward or newest_reward
         self.page_size = page_size
         self.unreadable = 0  # roots left out because they are not a trajectory
+        self.left_out = 0  # rollouts the last groups() left out: no model turn
 
     @property
     def project(self) -> str:
@@ -240,8 +241,11 @@ class WeaveRollouts:
         since: datetime.datetime | None = None,
         until: datetime.datetime | None = None,
     ) -> list[TrajectoryGroup]:
-        """Rollouts grouped as ``RolloutStore.groups()`` groups them."""
-        return as_groups(self.rollouts(group=group, metadata=metadata, since=since, until=until))
+        """Rollouts grouped as ``RolloutStore.groups()`` groups them (``left_out``: those with
+        no model turn)."""
+        rollouts = self.rollouts(group=group, metadata=metadata, since=since, until=until)
+        groups, self.left_out = collect_groups((None, r.trajectory, r.exception) for r in rollouts)
+        return groups
 
     def export_sft_rows(
         self, *, top_k_per_group: int | None = None, min_reward: float | None = None
@@ -251,7 +255,7 @@ class WeaveRollouts:
 
 
 def as_groups(rollouts: Iterator[WeaveRollout] | list[WeaveRollout]) -> list[TrajectoryGroup]:
-    return collect_groups((None, r.trajectory, r.exception) for r in rollouts)
+    return collect_groups((None, r.trajectory, r.exception) for r in rollouts)[0]
 
 
 def _name(call: dict[str, Any]) -> str:
