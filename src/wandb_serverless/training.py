@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from wandb_serverless.aliases import served_aliases
 from wandb_serverless.api import APIStatusError, Client
 from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
+from wandb_serverless.config import wandb_sdk
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import sft_row
 from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
@@ -39,6 +40,28 @@ def trainable_groups(groups: Iterable[TrajectoryGroup | dict]) -> tuple[list[Tra
     ]
     kept = [g for g in parsed if g.has_signal()]
     return kept, len(parsed) - len(kept)
+
+
+def read_json_rows(path: str | Path) -> list[Any]:
+    """The values of a JSON Lines file, or of a file holding one JSON array; a value that is
+    not JSON is an error naming the file and the line."""
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):
+        try:
+            return list(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a JSON array: {exc}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}, line {number}: not JSON ({exc.msg}, column {exc.colno}); "
+                    "expected one JSON object a line"
+                ) from None
+    return rows
 
 
 def top_k_per_group(groups: Iterable[TrajectoryGroup], k: int = 1) -> list[Trajectory]:
@@ -213,9 +236,7 @@ class TrainableModel:
         if isinstance(data, str) and data.startswith(("wandb-artifact:", "file://")):
             return data
         if isinstance(data, str | Path):
-            rows = [
-                json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()
-            ]
+            rows = read_json_rows(data)
         else:
             rows = [sft_row(d) if isinstance(d, Trajectory) else d for d in data]
             rows = [r for r in rows if r is not None]
@@ -228,8 +249,7 @@ class TrainableModel:
     def _publish_to_wandb(self, rows: list[dict], name: str) -> str:  # pragma: no cover - needs W&B
         import tempfile
 
-        import wandb
-
+        wandb = wandb_sdk("publishing an SFT dataset on W&B")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -270,8 +290,7 @@ class TrainableModel:
                 json.dumps({"time": time.time(), "step": step, "kind": kind, **metrics}) + "\n"
             )
         if self.hosted:
-            import wandb
-
+            wandb = wandb_sdk("logging metrics to the model's W&B run")
             run = wandb.run or wandb.init(
                 entity=self.entity,
                 project=self.project,
@@ -290,7 +309,9 @@ class TrainableModel:
 def follow_job(
     client: Client, job_id: str, label: str = "training", *, progress: bool = True
 ) -> dict[str, float]:
-    """Follow a job's events with a progress bar; return its averaged gradient-step metrics.
+    """Follow a job's events with a progress bar; return its gradient-step metrics averaged
+    over the job's steps, as ART does, with ``num_gradient_steps`` (how many there were; a
+    step's own ``step`` counter is not a metric and is left out).
 
     ``training_failed`` raises :class:`~wandb_serverless.api.TrainingJobFailedError`.
     """
@@ -312,10 +333,11 @@ def follow_job(
     finally:
         if bar is not None:
             bar.close()
-    keys = {k for step in steps for k in step}
+    keys = {k for step in steps for k in step} - {"step"}
     metrics = {
         k: sum(s[k] for s in steps if k in s) / sum(1 for s in steps if k in s) for k in keys
     }
+    metrics["num_gradient_steps"] = float(len(steps))
     metrics["time/step_trainer_s"] = time.monotonic() - started
     return metrics
 

@@ -11,7 +11,7 @@ import pytest
 from support.fixtures import sampled_rollouts
 from support.weave_fake import HTTPTraceServer, http_weave_client
 
-from wandb_serverless.rollouts import RolloutStore
+from wandb_serverless.rollouts import RolloutStore, Trajectory
 
 TESTS = Path(__file__).resolve().parents[1]
 # `--from-weave` logs in with weave.init(project); offline, the process gets the client
@@ -122,8 +122,10 @@ def test_rollouts_list_and_export_and_train_rl(backend, oai, tmp_path):
     ]
     assert sorted(r["reward"] for r in listing) == [0.0, 1.0]
     assert all(r["group"] == "colors" and r["model_turns"] == 1 for r in listing)
-    groups = tmp_path / "groups.json"
+    groups = tmp_path / "groups.jsonl"
     cli("rollouts", "export", "--store", str(store.path), "--format", "rl", "--out", str(groups))
+    (line,) = groups.read_text().splitlines()  # one group a line, as every command prints
+    assert sorted(t["reward"] for t in json.loads(line)["trajectories"]) == [0.0, 1.0]
     rows = cli(
         "rollouts", "export", "--store", str(store.path), "--format", "sft", "--top-k", "1"
     ).stdout.splitlines()
@@ -214,6 +216,41 @@ def test_bad_input_is_one_clear_line_and_an_exit_code(backend, args, code, messa
     assert message in result.stderr and "Traceback" not in result.stderr
     if code == 1:
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_listing_cut_short_by_head_is_not_an_error(tmp_path):
+    """`rollouts list | head -1` under `set -o pipefail`: the reader closing the pipe early
+    is the normal end of a pipeline, not a failure (three times: it used to fail 2 in 3)."""
+    store = RolloutStore(tmp_path / "r.db")
+    for i in range(3000):  # more than a pipe holds
+        store.save(Trajectory(reward=i / 3000, metadata={"group": "g", "n": "x" * 40}), group="g")
+    listing = f"{sys.executable} -m wandb_serverless.cli rollouts list --store {store.path}"
+    for _ in range(3):
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", f"{listing} | head -1"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert (result.returncode, result.stderr) == (0, "")
+        assert json.loads(result.stdout)["group"] == "g"
+
+
+def test_bad_files_and_unreachable_servers_are_named_in_the_error(backend, tmp_path):
+    model = json.loads(
+        cli("models", "create", "cli-files", "--project", "cli", "--base-model", "default",
+            "--return-existing", backend=backend).stdout
+    )  # fmt: skip
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"messages": []}\nnot json\n')
+    for command in (["train", "sft", "--data"], ["train", "rl", "--groups"]):
+        result = cli(*command, str(bad), "--model-id", model["id"], backend=backend, check=False)
+        assert result.returncode == 1
+        assert f"{bad}, line 2: not JSON" in result.stderr, result.stderr
+    result = cli("models", "list", "--base-url", "http://127.0.0.1:9/v1", "--api-key", "k",
+                 check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "could not connect to http://127.0.0.1:9/v1/preview/models" in result.stderr, (
+        result.stderr
+    )
 
 
 def test_missing_api_key_is_a_clear_error(monkeypatch):

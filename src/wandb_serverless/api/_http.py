@@ -71,14 +71,19 @@ def build_headers(api_key: str, extra: dict[str, str] | None = None) -> dict[str
 
 
 def _classify(exc: httpx.HTTPError) -> tuple[APIConnectionError, bool]:
-    """The error to raise for a transport failure, and whether the request was sent."""
+    """The error to raise for a transport failure (naming the URL), and whether the request
+    was sent."""
+    try:
+        url = exc.request.url.copy_with(query=None)
+    except RuntimeError:  # an error raised before the request was built
+        url = "the server"
     if isinstance(exc, httpx.ConnectTimeout):
-        return APITimeoutError(f"connection timed out: {exc}"), False
+        return APITimeoutError(f"connection to {url} timed out: {exc}"), False
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"request timed out: {exc}"), True
+        return APITimeoutError(f"request to {url} timed out: {exc}"), True
     if isinstance(exc, httpx.ConnectError):
-        return APIConnectionError(f"could not connect: {exc}"), False
-    return APIConnectionError(f"connection error: {exc}"), True
+        return APIConnectionError(f"could not connect to {url}: {exc}"), False
+    return APIConnectionError(f"connection error with {url}: {exc}"), True
 
 
 @dataclass

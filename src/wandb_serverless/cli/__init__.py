@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from wandb_serverless.cli import manage, rollouts, serve, train
-from wandb_serverless.cli.common import EXIT_ERROR
+from wandb_serverless.cli.common import EXIT_ERROR, EXIT_OK
 from wandb_serverless.config import ENV_API_KEY, MissingAPIKeyError
 
 
@@ -25,11 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_gone() -> None:
+    """Whoever read stdout closed it: what is left goes nowhere (no error again at exit)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; stop quietly, no error
+        _reader_gone()
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_ERROR
     except MissingAPIKeyError:
@@ -43,4 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _reader_gone()

@@ -30,7 +30,7 @@ def _rollouts_list(args: argparse.Namespace) -> int:
                 "rollout_id": meta.get("rollout_id"),
                 "group": meta.get("group"),
                 "reward": trajectory.reward,
-                "model_turns": sum(1 for m in trajectory.messages() if m["role"] == "assistant"),
+                "model_turns": trajectory.model_turns(),
                 "metadata": meta,
             }
         )
@@ -39,15 +39,15 @@ def _rollouts_list(args: argparse.Namespace) -> int:
 
 def _rollouts_export(args: argparse.Namespace) -> int:
     store = _store(args)
-    if args.format == "rl":
-        text = json.dumps(store.export_rl_groups(), ensure_ascii=False)
+    if args.format == "rl":  # one group a line (what `train rl --groups` reads)
+        rows = store.export_rl_groups()
     else:
         rows = store.export_sft_rows(top_k_per_group=args.top_k, min_reward=args.min_reward)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.out:
         Path(args.out).write_text(text)
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -83,7 +83,7 @@ def add_commands(commands: Any) -> None:
     rl.add_argument("--group")
     rl.set_defaults(handler=_rollouts_list)
     export = rollouts.add_parser(
-        "export", help="export as RL job groups (JSON) or SFT rows (JSONL)"
+        "export", help="export as RL job groups or SFT rows, one JSON object a line"
     )
     export.add_argument("--store", required=True)
     export.add_argument("--format", choices=["rl", "sft"], required=True)

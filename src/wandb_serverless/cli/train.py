@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,14 @@ def _train_rl_from_weave(args: argparse.Namespace) -> int:
 
 
 def _train_rl(args: argparse.Namespace) -> int:
-    from wandb_serverless.training import trainable_groups
+    from wandb_serverless.training import read_json_rows, trainable_groups
 
     if args.from_weave:
         return _train_rl_from_weave(args)
     if not args.groups:
         raise ValueError("pass --groups FILE or --from-weave ENTITY/PROJECT")
     model = _model(args)
-    groups, dropped = trainable_groups(json.loads(Path(args.groups).read_text()))
+    groups, dropped = trainable_groups(read_json_rows(args.groups))
     if dropped:
         print(f"dropped {dropped} group(s) with no reward variance", file=sys.stderr)
     if not groups:
