@@ -9,5 +9,7 @@ from pathlib import Path
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# offline: weave's documented switch keeps it from trying to send error reports out
+os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 pytest_plugins = ["support.fixtures"]

@@ -100,3 +100,45 @@ def test_without_weave_init_the_error_says_what_to_do():
         run.add_call(LLMCall([USER], None, choice("x")))
     with pytest.raises(RuntimeError, match=r"weave\.init"):
         log_trajectory(run.trajectory)
+
+
+def test_rollouts_without_weave_init_say_so_in_one_line_once(caplog, monkeypatch):
+    """Not a traceback a rollout: one warning, no ERROR record (which Weave's Sentry logging
+    hook would try to send out, from an offline machine too)."""
+    from weave.trace.context import weave_client_context
+
+    weave_client_context.set_weave_client_global(None)
+    monkeypatch.setattr(WEAVE_GUARD, "_logged", False)
+    errors = WEAVE_GUARD.errors
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            with rollout(group="g", weave=True) as run:
+                run.add_call(LLMCall([USER], None, choice("Sunny.")))
+    said = [r for r in caplog.records if r.name.startswith("wandb_serverless")]
+    assert len(said) == 1 and said[0].levelname == "WARNING" and said[0].exc_info is None
+    assert "weave.init" in said[0].getMessage() and WEAVE_GUARD.errors == errors + 3
+
+
+def test_a_weave_client_that_is_not_the_global_one_gets_the_export(monkeypatch):
+    """``rollout(weave=client)``, as the docstring allows, with no ``weave.init``: weave traces
+    through its global client only, so the export makes the given one global while it runs."""
+    from support.weave_fake import FakeTraceServer, weave_client
+    from weave.trace.context import weave_client_context
+
+    server = FakeTraceServer()
+    client = weave_client(server)
+    weave_client_context.set_weave_client_global(None)  # a client of one's own, not weave.init's
+    errors = WEAVE_GUARD.errors
+    with rollout(group="own", weave=client) as run:
+        run.add_call(LLMCall([USER], None, choice("Sunny.")))
+        run.reward = 0.5
+    client.flush()
+    assert WEAVE_GUARD.errors == errors and weave_client_context.get_weave_client() is None
+    assert server.feedback[-1]["payload"] == {"value": 0.5}
+    other = weave_client(FakeTraceServer())  # now weave.init's client is another one
+    try:
+        with pytest.raises(RuntimeError, match="pass weave=True"):
+            log_trajectory(run.trajectory, client=client)
+    finally:
+        weave_client_context.set_weave_client_global(None)
+    assert other is not client

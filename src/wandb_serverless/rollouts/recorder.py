@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wandb_serverless.rollouts.trajectory import (
+    NO_TURNS,
     Choice,
     History,
     Trajectory,
     choice_to_message,
     message_or_choice,
 )
+from wandb_serverless.rollouts.weave_export import WeaveNotReady
 
 if TYPE_CHECKING:
     from wandb_serverless.rollouts.store import RolloutStore
@@ -313,6 +315,8 @@ class Rollout:
                 "traceback": "".join(traceback.format_exception(exc))[-4000:],
             }
         self._final = self._snapshot()
+        if not self._final[0] and self.exception is None:
+            _warn_no_turns(self.id)
 
     def finish(self, exc: BaseException | None = None) -> None:
         """End the rollout (``exc``: what ended it, if it failed): build, store, export.
@@ -356,6 +360,22 @@ class Rollout:
         """Close an entered rollout without finishing it: nothing is stored or exported (a run
         interrupted from outside, to be sampled again, rather than one that failed)."""
         _current.reset(self._token)
+
+
+_warned_no_turns = False
+
+
+def _warn_no_turns(rollout_id: str) -> None:
+    """Once a process: a rollout finished with nothing the model said, so nothing to train."""
+    global _warned_no_turns
+    if not _warned_no_turns:
+        _warned_no_turns = True
+        log.warning(
+            "rollout %s finished with no model turn recorded; it will not train (groups() leaves "
+            "such rollouts out). %s. Said once a process.",
+            rollout_id,
+            NO_TURNS,
+        )
 
 
 class rollout:
@@ -426,19 +446,29 @@ async def _call_with(run: Rollout, fn: Callable, *args: Any, **kwargs: Any) -> A
 class HookGuard:
     """Trace hooks must never break the agent they observe: errors are logged once, counted."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, expected: tuple[type[Exception], ...] = ()) -> None:
         self.name = name
         self.errors = 0
         self._logged = False
+        self.expected = expected  # a set-up error the user can fix: one line, no traceback
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
             self.errors += 1
             if not self._logged:
                 self._logged = True
-                log.exception("%s failed; the agent is unaffected (errors are counted)", self.name)
+                if isinstance(exc, self.expected):
+                    log.warning(
+                        "%s failed: %s (the agent is unaffected; said once, errors are counted)",
+                        self.name,
+                        exc,
+                    )
+                else:
+                    log.exception(
+                        "%s failed; the agent is unaffected (errors are counted)", self.name
+                    )
             return None
 
 
@@ -446,4 +476,4 @@ class HookGuard:
 #: calls, with no trace hook involved.
 RECORDING_GUARD = HookGuard("recording a chat call")
 #: Guards the export of finished rollouts to Weave (a Weave outage never fails a rollout).
-WEAVE_GUARD = HookGuard("Weave export")
+WEAVE_GUARD = HookGuard("Weave export", expected=(ImportError, WeaveNotReady))

@@ -18,12 +18,19 @@ e.g. after a judge scored the group.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, choice_to_message
 
 ROLLOUT_OP, CHAT_OP, HISTORY_OP = "rollout", "chat", "history"
+
+
+class WeaveNotReady(RuntimeError):
+    """Weave is not set up for this export (no ``weave.init``, or another client is global)."""
 
 
 def connect(project: str | None = None, client: Any = None) -> Any:
@@ -41,7 +48,7 @@ def connect(project: str | None = None, client: Any = None) -> Any:
     if found is not None and project in (None, found.project, f"{found.entity}/{found.project}"):
         return found
     if project is None:
-        raise RuntimeError("no Weave client: call weave.init('entity/project') first")
+        raise WeaveNotReady("no Weave client: call weave.init('entity/project') first")
     return weave.init(project)
 
 
@@ -96,6 +103,40 @@ def log_trajectory(
     """Log one trajectory as a Weave trace (``exception``: what the rollout raised, if it did);
     returns the root call's id."""
     client = connect(client=client)
+    with _as_weaves_client(client):
+        return _log(client, trajectory, exception)
+
+
+_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _as_weaves_client(client: Any) -> Iterator[None]:
+    """weave 0.54 traces through its one global client (``create_call`` and feedback read it,
+    whatever client they are called on): a client given while none is global is made the
+    global one for the export; while another one is, the export would go there, so it is an
+    error that says so."""
+    from weave.trace.context import weave_client_context as context
+
+    if context.get_weave_client() is client and not _SWAP.locked():  # weave.init's client
+        yield
+        return
+    with _SWAP:
+        current = context.get_weave_client()
+        if current is not None:
+            raise WeaveNotReady(
+                f"weave traces through the client weave.init made ({current.entity}/"
+                f"{current.project}), so rollouts cannot be exported to another WeaveClient in "
+                "this process: pass weave=True to export there"
+            )
+        context.set_weave_client_global(client)
+        try:
+            yield
+        finally:
+            context.set_weave_client_global(None)
+
+
+def _log(client: Any, trajectory: Trajectory, exception: dict[str, str] | None) -> str:
     metadata = dict(trajectory.metadata)
     messages = trajectory.messages()
     opening = []
