@@ -10,6 +10,7 @@ import re
 from typing import Any, Protocol
 
 from wandb_serverless.api import Client
+from wandb_serverless.config import wandb_sdk
 from wandb_serverless.models import ALIAS_RULE, is_valid_alias
 
 _STEP = re.compile(r"^step(\d+)$")
@@ -64,12 +65,7 @@ class WandbAliases:
         self.model = model
 
     def _api(self) -> Any:
-        try:
-            import wandb
-        except ImportError:
-            raise ImportError(
-                "serving an alias on W&B needs the wandb SDK: pip install 'wandb-serverless[wandb]'"
-            ) from None
+        wandb = wandb_sdk("serving an alias on W&B")
         return wandb.Api(api_key=self.model.client.settings.require_api_key())
 
     def _name(self, alias: str) -> str:

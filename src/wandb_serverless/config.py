@@ -6,6 +6,7 @@ Precedence for every setting: explicit argument, then environment, then default.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -40,14 +41,25 @@ class MissingEntityError(ValueError):
 _DEFAULT_ENTITIES: dict[str, str] = {}  # sha256(key) -> the key's default entity
 
 
+WANDB_EXTRA = "pip install 'wandb-serverless[wandb]'"
+
+
+def wandb_sdk(purpose: str) -> Any:
+    """The ``wandb`` module, or an ImportError that says what needs it and how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(f"{purpose} needs the wandb SDK: {WANDB_EXTRA}") from None
+    return wandb
+
+
 def default_entity(api_key: str) -> str:
     """The key's default W&B entity, asked once per key through the ``wandb`` SDK."""
     import hashlib
 
     digest = hashlib.sha256(api_key.encode()).hexdigest()
     if digest not in _DEFAULT_ENTITIES:
-        import wandb
-
+        wandb = wandb_sdk("looking up the key's default W&B entity")
         entity = wandb.Api(api_key=api_key).default_entity
         if not entity:
             raise LookupError("the W&B API returned no default entity")
@@ -65,18 +77,23 @@ class MissingAPIKeyError(ValueError):
         )
 
 
-def describe_endpoint(url: str) -> str:
-    """Whom a URL reaches, for error messages: W&B's service, or a custom base URL."""
+def is_wandb_url(url: str) -> bool:
+    """True for W&B's own services (``*.wandb.ai``), False for a local backend or any server."""
     from urllib.parse import urlsplit
 
+    host = (urlsplit(_strip(str(url))).hostname or "").lower()
+    return host == "wandb.ai" or host.endswith(".wandb.ai")
+
+
+def describe_endpoint(url: str) -> str:
+    """Whom a URL reaches, for error messages: W&B's service, or a custom base URL."""
     url = _strip(str(url))
-    host = (urlsplit(url).hostname or "").lower()
     if url in (DEFAULT_INFERENCE_BASE_URL, DEFAULT_TRAINING_BASE_URL):
         return (
             f"W&B at {url} (the default: no base URL is set; for the local backend pass its "
             f"base_url, or set {ENV_BASE_URL})"
         )
-    if host == "wandb.ai" or host.endswith(".wandb.ai"):
+    if is_wandb_url(url):
         return f"W&B at {url}"
     return f"the custom base URL {url} (is a server running there?)"
 
@@ -164,7 +181,7 @@ class Settings(BaseModel):
         try:
             return f"{default_entity(key)}/{self.project}"
         except ImportError:
-            why = "the wandb SDK is not installed: pip install wandb"
+            why = f"the wandb SDK is not installed: {WANDB_EXTRA}"
             raise MissingEntityError(self.project, why) from None
         except Exception as exc:
             why = f"{type(exc).__name__}: {str(exc)[:200]}".replace(key, "***")

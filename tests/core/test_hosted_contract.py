@@ -84,6 +84,13 @@ def test_no_entity_to_be_found_is_a_clear_error_before_anything_is_sent(hosted, 
     assert hosted.requests == []
 
 
+def test_without_the_wandb_sdk_the_error_names_the_extra_to_install(hosted, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    with pytest.raises(MissingEntityError, match=r"pip install 'wandb-serverless\[wandb\]'"):
+        ChatWandb(model="m", base_url=hosted.url, project="myproj").invoke("hi")
+    assert hosted.requests == []
+
+
 def test_a_local_backend_takes_the_bare_project(monkeypatch):
     monkeypatch.delenv("WANDB_SERVERLESS_LOCAL", raising=False)
     monkeypatch.delenv("WANDB_ENTITY", raising=False)
