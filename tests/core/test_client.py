@@ -180,6 +180,22 @@ def test_follow_yields_events_until_training_ended(fault_server):
     assert calls[1].query["after"] == ["e1"]
 
 
+def test_a_jobs_metrics_are_averaged_over_its_steps_and_say_how_many(fault_server):
+    """An 8-row SFT job of two gradient steps reported ``"step": 1.5`` (the mean of the
+    steps' own counters): the result says 2 gradient steps, and no step counter."""
+    from wandb_serverless.training import follow_job
+
+    steps = [(i + 2, "gradient_step", {"loss": 1.0 / (i + 1), "step": i + 1.0}) for i in range(2)]
+    fault_server.on(
+        "GET",
+        "/preview/training-jobs/j/events",
+        Reply(200, _events((1, "training_started", {"num_sequences": 2}), *steps,
+                           (4, "training_ended", {}))),
+    )  # fmt: skip
+    metrics = follow_job(make_client(fault_server), "j", progress=False)
+    assert metrics["loss"] == 0.75 and metrics["num_gradient_steps"] == 2 and "step" not in metrics
+
+
 def test_follow_raises_with_the_servers_message_on_training_failed(fault_server):
     fault_server.on(
         "GET",

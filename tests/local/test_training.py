@@ -185,10 +185,11 @@ def test_sft_teaches_a_distinctive_answer_the_base_model_does_not_give(backend, 
         experimental_config={"num_epochs": 24},
     )
     events = follow(client, job.id)
-    assert (
-        events[0].data["num_sequences"] == 24
-        and len([e for e in events if e.type == "gradient_step"]) == 24
-    )
+    assert len([e for e in events if e.type == "gradient_step"]) == 24
+    # what a user reads: 1 row, 24 epochs, batches of 1, so 24 gradient steps to come
+    assert events[0].data == {
+        "num_sequences": 24, "num_rows": 1, "num_epochs": 24, "batch_size": 1
+    }  # fmt: skip
     losses = [e.data["loss"] for e in events if e.type == "gradient_step"]
     assert losses[-1] < losses[0] / 4
     ask = [{"role": "user", "content": "What is your name?"}]

@@ -291,6 +291,7 @@ class TrainingWorker:
                 raise TrainingError(unreadable(url)) from None
         else:
             rows = read_rows(path)
+        num_rows = len(rows)
         rows *= max(1, epochs)
         batch_size = config.get("batch_size")
         batch_size = DEFAULT_SFT_BATCH if batch_size in (None, "auto") else int(batch_size)
@@ -309,7 +310,13 @@ class TrainingWorker:
         encoded = [
             self.tok.assistant_spans(row["messages"], row.get("tools"), turns) for row in rows
         ]
-        started: dict[str, Any] = {"num_sequences": len(batches)}
+        # num_sequences is the API's "gradient steps to come" (W&B's and ART's progress bar)
+        started: dict[str, Any] = {
+            "num_sequences": len(batches),
+            "num_rows": num_rows,
+            "num_epochs": max(1, epochs),
+            "batch_size": batch_size,
+        }
         ignored = sorted(set(config) - SFT_CONFIG_KEYS)
         if ignored:  # accepted (newer clients send more), never silently
             started["ignored_config_keys"] = ignored
