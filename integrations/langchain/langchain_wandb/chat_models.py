@@ -186,8 +186,13 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         """Tool calling, constrained structured output, tool-call streaming for every model;
-        the context window and reasoning of known W&B models (``wandb_serverless.profiles``)."""
-        return ModelProfile(**profiles.model_profile(self.model))  # type: ignore[typeddict-item]
+        the context window the server reports (vLLM, the local backend), else that of known W&B
+        models, and their reasoning (``wandb_serverless.profiles``)."""
+        profile = profiles.model_profile(self.model)
+        served = profiles.served_context_window(self.model, self._settings)
+        if served:
+            profile["max_input_tokens"] = served
+        return ModelProfile(**profile)  # type: ignore[typeddict-item]
 
     @classmethod
     def is_lc_serializable(cls) -> bool:

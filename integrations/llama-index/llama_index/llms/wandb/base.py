@@ -113,6 +113,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window
+            or profiles.served_context_window(self.model, self._settings)
             or profiles.context_window(self.model)
             or DEFAULT_CONTEXT_WINDOW,
             num_output=self.max_tokens or -1,
@@ -129,14 +130,16 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
 
     # -- requests ----------------------------------------------------------------------------
 
+    def _settings(self) -> Settings:
+        return Settings.resolve(
+            api_key=self.api_key, project=self.project, inference_base_url=self.base_url
+        )
+
     def _client(self, async_client: bool = False) -> Any:
         key = "async" if async_client else "sync"
         if key not in self._clients:
-            settings = Settings.resolve(
-                api_key=self.api_key, project=self.project, inference_base_url=self.base_url
-            )
             self._clients[key] = openai_client(
-                settings,
+                self._settings(),
                 async_client=async_client,
                 timeout=self.timeout,
                 max_retries=self.max_retries,
