@@ -15,7 +15,9 @@ import bench_adapter_overhead  # noqa: E402
 import bench_engine  # noqa: E402
 import bench_hooks  # noqa: E402
 import bench_learning  # noqa: E402
+import bench_loop  # noqa: E402
 import bench_rl_step  # noqa: E402
+import bench_soak  # noqa: E402
 
 TARGETS = {
     # ours <= 0.5x theirs, as a margin in µs (a ratio is meaningless once an overhead is < 0)
@@ -31,6 +33,17 @@ TARGETS = {
     "hook_cost_fraction": ("<= 0.03", lambda v: v <= 0.03),
     "concurrent_throughput_ratio": (">= 0.8", lambda v: v >= 0.8),
     "concurrent_rollouts_lost": ("0", lambda v: v == 0),
+    "remote_overlapped_vs_max_phase": ("<= 1.15", lambda v: v <= 1.15),
+    "langchain_rss_growth_mb": ("<= 5", lambda v: v <= 5),
+    "llamaindex_rss_growth_mb": ("<= 5", lambda v: v <= 5),
+    "llamaindex_agent_rss_growth_mb": ("<= 5", lambda v: v <= 5),
+    "langchain_call_growth": ("<= 1.2", lambda v: v <= 1.2),
+    "llamaindex_call_growth": ("<= 1.2", lambda v: v <= 1.2),
+    "llamaindex_agent_open_rollouts": ("0", lambda v: v == 0),
+    "backend_max_loaded_adapters": ("<= 8", lambda v: v <= 8),
+    "backend_max_models_in_memory": ("<= 2", lambda v: v <= 2),
+    "store_save_growth": ("<= 1.5", lambda v: v <= 1.5),
+    "store_groups_growth": ("<= 1.5", lambda v: v <= 1.5),
 }
 
 
@@ -79,6 +92,31 @@ README_ROWS = [  # (what, measured, target), formatted with this run's results
         "{rl_step_vs_raw_peft:.2f}× the time",
         "≤ 1.2×",
     ),
+    (
+        "learning loop, next step sampled while this one trains, jobs elsewhere "
+        "(local backend, 2 cores: {local_overlapped_vs_sequential:.2f}× the sequential step)",
+        "{remote_overlapped_vs_max_phase:.2f}× max(sampling, training) a step "
+        "({remote_overlapped_vs_sequential:.2f}× the sequential step)",
+        "≤ 1.15×",
+    ),
+    (
+        "memory after warm-up, {hook_runs:.0f} runs with the trace hooks (LangChain chain / "
+        "LlamaIndex call / agent)",
+        "{langchain_rss_growth_mb:+.1f} / {llamaindex_rss_growth_mb:+.1f} / "
+        "{llamaindex_agent_rss_growth_mb:+.1f} MB",
+        "≤ 5 MB",
+    ),
+    (
+        "local backend, {backend_requests:.0f} requests and {backend_models:.0f} models trained",
+        "{backend_rss_growth_mb:+.0f} MB after warm-up; ≤ {backend_max_loaded_adapters:.0f} "
+        "adapters and {backend_max_models_in_memory:.0f} trainers in memory",
+        "bounded",
+    ),
+    (
+        "rollout store, save / groups() per rollout at 1,000,000 vs 10,000 stored",
+        "{store_save_growth:.2f}× / {store_groups_growth:.2f}×",
+        "flat (≤ 1.5×)",
+    ),
 ]
 
 
@@ -126,6 +164,8 @@ SECTIONS = {  # name for --only: (heading, benchmark)
     "hooks": ("Trace hooks (µs, instant loopback server)", bench_hooks),
     "engine": ("Local engine (SmolLM2-135M fp32, 64 tokens)", bench_engine),
     "rl": ("RL step (4 groups x 4 trajectories x ~250 tokens)", bench_rl_step),
+    "loop": ("Learning loop: overlap (seconds a step, `bench/bench_loop.py`)", bench_loop),
+    "soak": ("Soak: memory and cost over long runs (`bench/bench_soak.py`)", bench_soak),
 }
 
 
@@ -174,6 +214,9 @@ def rerun(names: list[str]) -> None:
         title, bench = SECTIONS[name]
         block = "\n".join(section(title, bench.run(), stamp))
         parts = re.split(r"^(?=## )", text, flags=re.M)
+        if not any(p.startswith(f"## {title}\n") for p in parts):  # a new section: before
+            at = next((i for i, p in enumerate(parts) if p.startswith("## Learning")), len(parts))
+            parts.insert(at, f"## {title}\n")  # the learning runs', which close the file
         text = "".join(block + "\n" if p.startswith(f"## {title}\n") else p for p in parts)
         print(block)
     path.write_text(text)
