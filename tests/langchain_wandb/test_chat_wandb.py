@@ -7,7 +7,12 @@ import logging
 
 import openai
 import pytest
-from langchain_core.exceptions import ContextOverflowError, ModelRateLimitError
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelRateLimitError,
+)
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from support.fault_server import Reply
@@ -222,6 +227,22 @@ def local(backend, **kw) -> ChatWandb:
             **kw,
         }
     )
+
+
+def test_errors_of_the_local_backend_map_as_w_and_b_ones(backend):
+    """The backend answers as vLLM (W&B): a request that fails validation is a 400, so it maps
+    to ModelInvalidRequestError (and openai.BadRequestError) here as in production."""
+    with pytest.raises(ModelInvalidRequestError) as invalid:
+        local(backend, logprobs=True, top_logprobs=21).invoke("hi")
+    assert isinstance(invalid.value, openai.BadRequestError) and "top_logprobs" in str(
+        invalid.value
+    )
+    with pytest.raises(ModelInvalidRequestError, match="logit_bias"):
+        local(backend, logit_bias={10**8: 1}).invoke("hi")
+    with pytest.raises(ContextOverflowError):
+        local(backend).invoke("word " * 9000)
+    with pytest.raises(ModelNotFoundError):
+        local(backend, model="no/such-model").invoke("hi")
 
 
 def test_token_ids_reach_response_metadata_and_decode_to_the_text(backend, tokenizer):

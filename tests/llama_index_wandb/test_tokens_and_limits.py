@@ -69,3 +69,15 @@ async def test_function_agent_stops_with_the_reason(backend):
     )
     with pytest.raises(Exception, match="length limit"):
         await agent.run("Weather in Paris?")
+
+
+def test_errors_of_the_local_backend_are_the_openai_errors_w_and_b_gives(backend):
+    """A request that fails validation is a 400 in vLLM's shape (as on W&B): BadRequestError,
+    whose message names the parameter; an unknown model is NotFoundError."""
+    llm = local(backend, additional_kwargs={"logit_bias": {"not-a-token": 1}})
+    with pytest.raises(openai.BadRequestError, match="logit_bias") as invalid:
+        llm.chat([ChatMessage(role="user", content="hi")])
+    assert invalid.value.status_code == 400 and invalid.value.body["type"] == "BadRequestError"
+    unknown = WandbLLM(model="no/such-model", base_url=backend.base_url, api_key=backend.api_key)
+    with pytest.raises(openai.NotFoundError):
+        unknown.complete("hi")

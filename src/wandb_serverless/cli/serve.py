@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         served_model_names=args.served_model_name,
         max_loaded_adapters=args.max_loaded_adapters,
         max_live_models=args.max_live_models,
+        max_logprobs=args.max_logprobs,
     )
     print(f"serving {app.state.backend.model_id} on http://{args.host}:{args.port}/v1", flush=True)
     if generated:
@@ -118,6 +119,13 @@ def add_commands(commands: Any) -> None:
         default=2,
         help="trained models whose policy and optimizer stay in memory between jobs; the "
         "others reload from disk (default: 2)",
+    )
+    serve.add_argument(
+        "--max-logprobs",
+        type=_at_least(-1),
+        default=20,
+        help="the most top_logprobs / prompt_logprobs a request may ask, -1 for the whole "
+        "vocabulary (vLLM's --max-logprobs; default: 20)",
     )
     serve.set_defaults(handler=_serve)
 

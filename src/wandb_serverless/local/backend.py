@@ -39,6 +39,7 @@ class Backend:
     default_entity: str = "local"
     preprocess_timeout: float = 30.0
     aliases: tuple[str, ...] = ()  # more names the model answers to (--served-model-name)
+    max_logprobs: int = 20  # the most top/prompt logprobs a request may ask (-1: any)
     token_text: TokenText = field(init=False)
     started: float = field(default_factory=time.time)
 
@@ -107,6 +108,7 @@ class Backend:
             context_length=self.engine.context_length,
             default_max_tokens=self.default_max_tokens,
             vocab_size=self.engine.vocab_size,
+            max_logprobs=self.max_logprobs,
         )
         compiled = None
         if run.constraint is not None:

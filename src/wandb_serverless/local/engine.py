@@ -24,6 +24,7 @@ from wandb_serverless.local.engine_api import (
     DoneEvent,
     GenerationRequest,
     OutputConstraint,
+    PromptEvent,
     QueueFullError,
     SamplingError,
     SamplingParams,
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 
 MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a cache copy
+PROMPT_CHUNK = 256  # prompt positions scored per forward pass (prompt_logprobs)
 
 
 class Batch:
@@ -276,7 +278,9 @@ class Engine:
         length = len(request.prompt_ids)
         key = (request.adapter, tuple(request.prompt_ids))
         hit = self._prompts.get(key)
-        if hit is not None:  # a group's rollouts share their prompt: its KV is computed once
+        if request.params.prompt_logprobs is not None:
+            cache, logits = self._prefill_scored(request)
+        elif hit is not None:  # a group's rollouts share their prompt: its KV is computed once
             self._prompts.move_to_end(key)
             layers, logits = hit
             cache = DynamicCache()
@@ -312,6 +316,39 @@ class Engine:
         token = row.step(logits.clone(), self.context_length - length - 1)
         if not row.done:
             self._batch.join(row, cache, length, token)
+
+    def _prefill_scored(self, request: GenerationRequest) -> tuple[Any, torch.Tensor]:
+        """Prefill that scores the prompt (``prompt_logprobs``): every position's logits, in
+        chunks so that a long prompt never holds (length x vocabulary) floats at once; the
+        prompt cache is not used (it has no logits for the positions it saved)."""
+        from transformers import DynamicCache
+
+        ids, k = request.prompt_ids, request.params.prompt_logprobs or 0
+        cache: Any = DynamicCache()
+        scored: list[tuple[tuple[int, float, int], list[tuple[int, float]]]] = []
+        logits = torch.zeros(0)
+        for start in range(0, len(ids), PROMPT_CHUNK):
+            end = min(start + PROMPT_CHUNK, len(ids))
+            out = self.model(
+                input_ids=torch.tensor([ids[start:end]], dtype=torch.long),
+                attention_mask=torch.ones(1, end, dtype=torch.long),
+                position_ids=torch.arange(start, end)[None],
+                past_key_values=cache,
+                use_cache=True,
+                **self._forward_kwargs([request.adapter]),
+            )
+            cache, logits = out.past_key_values, out.logits[0].float()
+            targets = torch.tensor(ids[start + 1 : end + 1], dtype=torch.long)
+            rows = torch.log_softmax(logits[: len(targets)], dim=-1)
+            chosen = rows.gather(1, targets[:, None])[:, 0]
+            ranks = (rows > chosen[:, None]).sum(1) + 1
+            top_values, top_ids = torch.topk(rows, k) if k else (rows[:, :0], rows[:, :0].long())
+            for i, token in enumerate(targets.tolist()):
+                top = list(zip(top_ids[i].tolist(), top_values[i].tolist(), strict=True))
+                scored.append(((token, float(chosen[i]), int(ranks[i])), top))
+            logits = logits[-1]
+        request.sink(PromptEvent(scored))
+        return cache, logits
 
     def _cached_prefix(self, adapter: str | None, prompt: list[int]) -> tuple[int, Any]:
         """(n, a KV cache of the prompt's first n tokens) from the prompt cache: the longest

@@ -51,16 +51,34 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     top_logprobs: int = 0
+    #: each prompt token's logprob and the top k at its position (0: the token's only)
+    prompt_logprobs: int | None = None
+    #: token sequences never completed: the last token is banned after the others
+    bad_words: list[list[int]] = field(default_factory=list)
+    #: the only tokens that may be sampled (None: any)
+    allowed_token_ids: list[int] | None = None
 
 
 @dataclass
 class TokenEvent:
-    """One sampled token and the text it released (held back near a possible stop string)."""
+    """One sampled token and the text it released (held back near a possible stop string);
+    ``last``: a ``DoneEvent`` follows at once (a stream puts the finish reason on this token's
+    chunk, as vLLM does)."""
 
     token_id: int
     text: str
     logprob: float
     top_logprobs: list[tuple[int, float]]
+    last: bool = False
+
+
+@dataclass
+class PromptEvent:
+    """The prompt's logprobs, sent before the first token when ``prompt_logprobs`` is asked:
+    per prompt position from the second, ``(token id, logprob, rank)`` of the prompt's token
+    and the top k as ``(token id, logprob)``."""
+
+    logprobs: list[tuple[tuple[int, float, int], list[tuple[int, float]]]]
 
 
 @dataclass
@@ -72,7 +90,7 @@ class DoneEvent:
     client_error: bool = False  # the request's own parameters caused the error (a 400)
 
 
-Sink = Callable[[TokenEvent | DoneEvent], None]
+Sink = Callable[[TokenEvent | DoneEvent | PromptEvent], None]
 
 
 def error_event(exc: Exception) -> DoneEvent:

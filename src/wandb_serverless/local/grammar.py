@@ -76,11 +76,20 @@ def lark_grammar(grammar: str) -> str:
 
 
 def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """One call to one of ``tools``: ``{"name": const, "arguments": <its parameters schema>}``."""
-    variants = []
-    for tool in tools:
+    """One call to one of ``tools``: ``{"name": const, "arguments": <its parameters schema>}``.
+
+    A tool's schema may refer into itself (``$ref: "#/$defs/Item"``: what pydantic and
+    ``openai.pydantic_function_tool`` emit for nested models). Embedded here, ``#`` would be
+    this larger schema, so such a tool's schema moves to ``$defs`` of the root, under its own
+    name, with its definitions beside it and its references rewritten to match.
+    """
+    variants, definitions = [], {}
+    for i, tool in enumerate(tools):
         function = tool["function"]
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if _refers_to_itself(parameters):
+            definitions.update(_hoisted(parameters, f"tool{i}"))
+            parameters = {"$ref": f"#/$defs/tool{i}"}
         variants.append(
             {
                 "type": "object",
@@ -89,7 +98,50 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {**schema, "$defs": definitions} if definitions else schema
+
+
+_DEFINITIONS = ("$defs", "definitions")
+
+
+def _refers_to_itself(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            return True
+        return any(_refers_to_itself(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_refers_to_itself(v) for v in schema)
+    return False
+
+
+def _hoisted(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """``{name: schema without its definitions, name__Def: each definition}``, every local
+    ``$ref`` rewritten to point at them."""
+
+    def rewrite(ref: str) -> str:
+        for key in _DEFINITIONS:
+            if ref.startswith(f"#/{key}/"):
+                return f"#/$defs/{name}__{ref[len(key) + 3 :]}"
+        return f"#/$defs/{name}{ref[1:]}"
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
+            out["$ref"] = rewrite(node["$ref"])
+        return out
+
+    body = {k: v for k, v in schema.items() if k not in _DEFINITIONS}
+    hoisted = {name: walk(body)}
+    for key in _DEFINITIONS:
+        for def_name, definition in (schema.get(key) or {}).items():
+            hoisted[f"{name}__{def_name}"] = walk(definition)
+    return hoisted
 
 
 def tool_call_lark(tools: list[dict[str, Any]]) -> str:

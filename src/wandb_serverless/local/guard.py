@@ -1,6 +1,6 @@
 """The server's outer guard: a request body limit (413) and a last-resort JSON 500.
 
-Both answer in the API's error shape (``{"detail": ...}``) and let the connection live on:
+Both answer in the error shape of the path's API (``errors.error_body``) and let the connection live on:
 Starlette's own fallback answers a bug with plain text and re-raises, which makes uvicorn drop
 the keep-alive connection.
 """
@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi.exceptions import HTTPException
 
+from wandb_serverless.local.errors import error_body
+
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-async def _send_json(send: Any, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _send_json(send: Any, status: int, detail: str, path: str) -> None:
+    body = json.dumps(error_body(path, status, detail)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -40,7 +42,7 @@ class Guard:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _send_json(send, 413, self._too_large())
+            await _send_json(send, 413, self._too_large(), scope.get("path", ""))
             return
         received = 0
         started = False
@@ -64,4 +66,5 @@ class Guard:
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                await _send_json(send, 500, "The server had an error processing your request")
+                message = "The server had an error processing your request"
+                await _send_json(send, 500, message, scope.get("path", ""))

@@ -17,16 +17,28 @@ from wandb_serverless.local.tools import UnsupportedContentError, prepare_messag
 
 
 class BadRequest(ValueError):
-    """A request this server understands but cannot serve: answered 400 with the message."""
+    """A request this server understands but cannot serve: answered 400 with the message (and
+    the parameter at fault, in vLLM's error shape, where one is)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
-    continuous_usage_stats: bool = False
+    """vLLM's: usage on a last chunk (``include_usage``, on unless false) and on every chunk
+    (``continuous_usage_stats``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = True
+    continuous_usage_stats: bool | None = False
+    include_obfuscation: bool | None = None  # OpenAI's padding against side channels: a no-op
 
 
 INT64 = 2**63
+MAX_ROLE_CHARS = 256
+#: vLLM's --max-logprobs default: the most top_logprobs / prompt_logprobs a request may ask
+DEFAULT_MAX_LOGPROBS = 20
 # apply_chat_template's own arguments: a request may not set them through chat_template_kwargs
 RENDERING_ARGUMENTS = {
     "chat_template", "tokenize", "tools", "documents", "messages", "conversation", "padding",
@@ -51,7 +63,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
+    seed: int | None = Field(default=None, ge=-INT64, le=INT64 - 1)
     max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     stop: str | list[str] | None = None
@@ -61,7 +73,12 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=-1)  # -1: the vocabulary; see plan()
+    prompt_logprobs: int | None = Field(default=None, ge=-1)
+    echo: bool = False
+    bad_words: list[str] | None = Field(default=None, max_length=1024)
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
     add_generation_prompt: bool = True
@@ -78,11 +95,13 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _messages_have_roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        roles = {"system", "developer", "user", "assistant", "tool", "function"}
+        # Any role, as vLLM: roles other than OpenAI's go to the chat template as they are.
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
-            if not isinstance(role, str) or role not in roles:
-                raise ValueError(f"messages[{i}].role must be one of {sorted(roles)}")
+            if not isinstance(role, str) or not role.strip():
+                raise ValueError(f"messages[{i}].role must be a non-empty string")
+            if len(role) > MAX_ROLE_CHARS:
+                raise ValueError(f"messages[{i}].role is longer than {MAX_ROLE_CHARS} characters")
         return messages
 
 
@@ -258,22 +277,85 @@ def _merge_same_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 def _token_ids(values: list[int], vocab_size: int, what: str) -> list[int]:
     for value in values:
         if not 0 <= value < vocab_size:
-            raise BadRequest(f"{what}: {value} is not a token id (0..{vocab_size - 1})")
+            raise BadRequest(
+                f"{what}: {value} is not a token id of this model (vocabulary size "
+                f"{vocab_size}: ids 0..{vocab_size - 1})",
+                param=what,
+            )
     return values
 
 
 def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for key, value in (bias or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise BadRequest("logit_bias keys must be token ids") from None
-        _token_ids([token], vocab_size, "logit_bias")
+    """Token ids to biases; every bad key is named at once (as vLLM does)."""
+    bias = bias or {}
+    not_ids = [key for key in bias if not key.strip().lstrip("-").isdigit()]
+    if not_ids:
+        raise BadRequest(
+            f"logit_bias keys must be token ids (integers): {', '.join(map(repr, not_ids))}",
+            param="logit_bias",
+        )
+    out_of_range = [key for key in bias if not 0 <= int(key) < vocab_size]
+    if out_of_range:
+        raise BadRequest(
+            f"logit_bias contains token ids {', '.join(out_of_range)} outside the vocabulary "
+            f"(size {vocab_size}: ids 0..{vocab_size - 1})",
+            param="logit_bias",
+        )
+    for key, value in bias.items():
         if not -100 <= value <= 100:
-            raise BadRequest(f"logit_bias[{key}] must be between -100 and 100")
-        out[token] = value
+            raise BadRequest(f"logit_bias[{key}] must be between -100 and 100", param="logit_bias")
+    return {int(key): value for key, value in bias.items()}
+
+
+def _logprob_count(value: int | None, name: str, vocab_size: int, max_logprobs: int) -> int | None:
+    """``top_logprobs`` / ``prompt_logprobs`` as a count: -1 is the whole vocabulary, and no
+    count may pass the server's ``max_logprobs`` (-1: no limit), as vLLM's --max-logprobs."""
+    if value is None:
+        return None
+    count = vocab_size if value == -1 else value
+    if max_logprobs != -1 and count > max_logprobs:
+        raise BadRequest(
+            f"{name} ({value}{' = the vocabulary' if value == -1 else ''}) is more than this "
+            f"server's max_logprobs ({max_logprobs}); start it with a larger --max-logprobs",
+            param=name,
+        )
+    return count
+
+
+def _bad_words(tokenizer: Any, words: list[str] | None) -> list[list[int]]:
+    """Each bad word as token sequences, alone and after a space (vLLM's tokenizing of them)."""
+    out: list[list[int]] = []
+    for i, word in enumerate(words or []):
+        variants = [
+            tokenizer(text, add_special_tokens=False).input_ids
+            for text in (word.lstrip(), " " + word.lstrip())
+        ]
+        if not variants[0]:
+            raise BadRequest(f"bad_words[{i}] ({word!r}) is no token at all", param="bad_words")
+        out += [ids for ids in variants if ids and ids not in out]
     return out
+
+
+def _allowed(ids: list[int] | None, vocab_size: int) -> list[int] | None:
+    if ids is None:
+        return None
+    if not ids:
+        raise BadRequest("allowed_token_ids must not be empty", param="allowed_token_ids")
+    return sorted(set(_token_ids(ids, vocab_size, "allowed_token_ids")))
+
+
+def _truncated(prompt_ids: list[int], keep: int | None, context_length: int) -> list[int]:
+    """``truncate_prompt_tokens``: the prompt's last ``keep`` tokens (-1: the context length)."""
+    if keep is None:
+        return prompt_ids
+    if keep > context_length:
+        raise BadRequest(
+            f"truncate_prompt_tokens ({keep}) is greater than the context length "
+            f"({context_length}); please request a smaller value",
+            param="truncate_prompt_tokens",
+        )
+    keep = context_length if keep == -1 else keep
+    return prompt_ids[-keep:] if keep else []
 
 
 def plan(
@@ -283,10 +365,16 @@ def plan(
     context_length: int,
     default_max_tokens: int,
     vocab_size: int,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
 ) -> Plan:
     """Validate a request and turn it into prompt ids, sampling parameters and an output
     constraint."""
     _unsupported(request)
+    options = request.stream_options
+    if options is not None and not request.stream and options.model_fields_set:
+        raise BadRequest(
+            "Stream options can only be defined when `stream=True`.", param="stream_options"
+        )
     mode, tools = _tool_mode(request)
     structured = _output_constraint(request)
     if structured is not None and mode == "forced":
@@ -295,6 +383,9 @@ def plan(
         )
     rendered = render_prompt(tokenizer, request, tools if mode != "none" else [])
     prompt_ids = tokenizer(rendered, add_special_tokens=False).input_ids
+    prompt_ids = _truncated(prompt_ids, request.truncate_prompt_tokens, context_length)
+    if not prompt_ids:
+        raise BadRequest("the prompt is empty (truncate_prompt_tokens: 0)")
     limit = request.max_completion_tokens or request.max_tokens
     room = context_length - len(prompt_ids)
     if room <= 0 or (limit is not None and limit > room):
@@ -304,9 +395,18 @@ def plan(
             f"requested {len(prompt_ids)} prompt tokens{asked}."
         )
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    top = request.top_logprobs or 0
+    top = _logprob_count(request.top_logprobs, "top_logprobs", vocab_size, max_logprobs) or 0
     if top and not request.logprobs:
-        raise BadRequest("top_logprobs requires logprobs: true")
+        raise BadRequest("top_logprobs requires logprobs: true", param="top_logprobs")
+    prompt_logprobs = _logprob_count(
+        request.prompt_logprobs, "prompt_logprobs", vocab_size, max_logprobs
+    )
+    if request.stream and prompt_logprobs:
+        raise BadRequest(
+            "prompt_logprobs are not available when stream=True", param="prompt_logprobs"
+        )
+    if request.stream:
+        prompt_logprobs = None  # 0 with a stream: nothing to send it in (vLLM's rule too)
     bias = _logit_bias(request.logit_bias, vocab_size)
     params = SamplingParams(
         max_tokens=limit or min(default_max_tokens, room),
@@ -325,6 +425,9 @@ def plan(
         min_tokens=request.min_tokens,
         ignore_eos=request.ignore_eos,
         top_logprobs=top,
+        prompt_logprobs=prompt_logprobs,
+        bad_words=_bad_words(tokenizer, request.bad_words),
+        allowed_token_ids=_allowed(request.allowed_token_ids, vocab_size),
     )
     if mode == "forced":
         structured = OutputConstraint("grammar", grammar.tool_call_lark(tools))
@@ -338,10 +441,16 @@ class TokenText:
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.table = _token_bytes(tokenizer, vocab_size)
 
+    def decoded(self, token_id: int, as_ids: bool) -> str:
+        """The token as text, or ``token_id:<id>`` (``return_tokens_as_token_ids``)."""
+        if as_ids:
+            return f"token_id:{token_id}"
+        raw = self.table[token_id] if token_id < len(self.table) else b""
+        return raw.decode("utf-8", errors="replace")
+
     def entry(self, token_id: int, logprob: float, as_ids: bool) -> dict[str, Any]:
         raw = self.table[token_id] if token_id < len(self.table) else b""
-        token = f"token_id:{token_id}" if as_ids else raw.decode("utf-8", errors="replace")
-        return {"token": token, "logprob": logprob, "bytes": list(raw)}
+        return {"token": self.decoded(token_id, as_ids), "logprob": logprob, "bytes": list(raw)}
 
 
 def _token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes]:

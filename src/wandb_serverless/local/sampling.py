@@ -94,14 +94,23 @@ class Sequence:
         self.seen = torch.tensor(sorted(set(request.prompt_ids)), dtype=torch.long)
         self.counts: dict[int, int] = {}
         self.done = False
+        allowed = self.params.allowed_token_ids
+        self.allowed = None if allowed is None else torch.tensor(allowed, dtype=torch.long)
 
     # -- logits processing -------------------------------------------------------------------
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         p = self.params
+        if self.allowed is not None:
+            kept = logits[self.allowed]
+            logits.fill_(float("-inf"))
+            logits[self.allowed] = kept
         if p.logit_bias:
             ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
             logits[ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
+        for word in p.bad_words:  # its last token, wherever the ones before it were just made
+            if len(word) == 1 or self.generated[-(len(word) - 1) :] == word[:-1]:
+                logits[word[-1]] = float("-inf")
         if p.ignore_eos or len(self.generated) < p.min_tokens:
             banned = self.eos.ids
             if len(self.generated) < p.min_tokens and p.stop_token_ids:
@@ -161,15 +170,18 @@ class Sequence:
         ended = self.constraint is not None and self.constraint.done  # a complete output ends here
         is_eos = token in self.eos.set and (not self.params.ignore_eos or ended)
         text, stop = ("", None) if is_eos else self.detok.add(token)
-        self.request.sink(TokenEvent(token, text, float(raw[token]), top))
+        end: tuple[str, str | int | None, bool] | None = None
         if is_eos:
-            self.finish("stop")
+            end = ("stop", None, True)
         elif token in self.params.stop_token_ids:
-            self.finish("stop", token)
+            end = ("stop", token, True)
         elif stop is not None:
-            self.finish("stop", stop, flush=False)
+            end = ("stop", stop, False)
         elif len(self.generated) >= self.params.max_tokens or context_left <= 0:
-            self.finish("length")
+            end = ("length", None, True)
+        self.request.sink(TokenEvent(token, text, float(raw[token]), top, last=end is not None))
+        if end is not None:
+            self.finish(*end)
         return token
 
     def fail(self, exc: Exception) -> None:

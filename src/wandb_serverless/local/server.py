@@ -49,6 +49,7 @@ def build_app(
     served_model_names: list[str] | None = None,
     max_loaded_adapters: int = 8,
     max_live_models: int = 2,
+    max_logprobs: int = 20,
 ) -> Any:
     """Load the model, start its engine, and return the FastAPI app serving them.
 
@@ -59,6 +60,8 @@ def build_app(
     served and models trained: at most ``max_loaded_adapters`` LoRA adapters are loaded for
     serving (the least recently used is unloaded), and the trainer keeps the policy and
     optimizer of at most ``max_live_models`` models in memory (the others' are on disk).
+    ``max_logprobs``: the most ``top_logprobs`` / ``prompt_logprobs`` a request may ask, -1 for
+    the whole vocabulary (vLLM's ``--max-logprobs``).
     """
     from wandb_serverless.local import loader
     from wandb_serverless.local.app import Backend, create_app
@@ -93,6 +96,7 @@ def build_app(
         default_max_tokens=default_max_tokens,
         default_entity=entity,
         aliases=tuple(served_model_names if served_model_names is not None else _env_names()),
+        max_logprobs=max_logprobs,
     )
     return create_app(backend, docs=docs, max_body_bytes=max_body_bytes)
 

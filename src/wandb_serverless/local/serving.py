@@ -20,11 +20,12 @@ from wandb_serverless.local.backend import Backend
 from wandb_serverless.local.engine_api import (
     DoneEvent,
     GenerationRequest,
+    PromptEvent,
     QueueFullError,
     TokenEvent,
 )
-from wandb_serverless.local.protocol import ChatCompletionRequest, Plan
-from wandb_serverless.local.tools import ParsedCall, ToolStreamParser, parse_tool_calls
+from wandb_serverless.local.protocol import BadRequest, ChatCompletionRequest, Plan
+from wandb_serverless.local.tools import ParsedCall, ToolStreamParser, parse_tool_calls, text_of
 
 ARGUMENT_FRAGMENT = 16  # characters per streamed tool-argument delta
 
@@ -68,16 +69,21 @@ class ChatCall:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = body.model or backend.model_id
-        self.queue: asyncio.Queue[tuple[int, TokenEvent | DoneEvent]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, TokenEvent | DoneEvent | PromptEvent]] = (
+            asyncio.Queue()
+        )
+        self.prompt_logprobs: list[dict[str, Any] | None] | None = None
+        self.echo = _echoed(body)
         loop = asyncio.get_running_loop()
         name, path = adapter or (None, None)
         self.requests: list[GenerationRequest] = []
         for index in range(body.n):
             params = run.params
-            if params.seed is not None and index:
-                params = replace(params, seed=params.seed + index)
+            if index:  # the prompt is scored once; choice i samples with seed + i
+                seed = None if params.seed is None else params.seed + index
+                params = replace(params, seed=seed, prompt_logprobs=None)
 
-            def sink(event: TokenEvent | DoneEvent, index: int = index) -> None:
+            def sink(event: TokenEvent | DoneEvent | PromptEvent, index: int = index) -> None:
                 loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
             self.requests.append(
@@ -110,6 +116,20 @@ class ChatCall:
         ]
         return entry
 
+    def score_prompt(self, event: PromptEvent) -> None:
+        """vLLM's ``prompt_logprobs``: None for the first token, then per token a map of token
+        id to ``{logprob, rank, decoded_token}``: the prompt's token and the top k."""
+        as_ids = self.body.return_tokens_as_token_ids
+        text = self.backend.token_text
+        scored: list[dict[str, Any] | None] = [None]
+        for (token, logprob, rank), top in event.logprobs:
+            entry = {str(t): {"logprob": lp, "rank": r + 1} for r, (t, lp) in enumerate(top)}
+            entry[str(token)] = {"logprob": logprob, "rank": rank}
+            for key, value in entry.items():
+                value["decoded_token"] = text.decoded(int(key), as_ids)
+            scored.append(entry)
+        self.prompt_logprobs = scored
+
     def _usage(self, completion_tokens: int) -> dict[str, Any]:
         prompt = len(self.plan.prompt_ids)
         return {
@@ -133,7 +153,7 @@ class ChatCall:
         if done.finish_reason != "error":
             return
         if done.client_error:
-            raise HTTPException(400, done.error)
+            raise BadRequest(done.error or "the request's parameters left nothing to sample")
         raise HTTPException(
             500, f"The server had an error while processing your request: {done.error}"
         )
@@ -148,6 +168,8 @@ class ChatCall:
             index, event = await self.queue.get()
             if isinstance(event, TokenEvent):
                 tokens[index].append(event)
+            elif isinstance(event, PromptEvent):
+                self.score_prompt(event)
             else:
                 self._raise_error(event)
                 done[index] = event
@@ -156,6 +178,7 @@ class ChatCall:
             **self._envelope("chat.completion"),
             "choices": choices,
             "usage": self._usage(sum(len(t) for t in tokens)),
+            "prompt_logprobs": self.prompt_logprobs,  # null unless asked, as vLLM
         }
         if self.body.return_token_ids:
             body["prompt_token_ids"] = self.plan.prompt_ids
@@ -168,6 +191,10 @@ class ChatCall:
         if self.plan.tool_mode != "none":
             forced_cut = self.plan.tool_mode == "forced" and done.finish_reason == "length"
             content, calls = parse_tool_calls(text, self.plan.tool_names, cut_off=forced_cut)
+            if self.plan.tool_mode == "forced":
+                content = content or ""  # vLLM: a forced call's message has content ""
+        if self.echo:
+            content = self.echo + (content or "")
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = [c.to_openai() for c in calls]
@@ -190,18 +217,33 @@ class ChatCall:
     def chunk(self, index: int, delta: dict[str, Any], **extra: Any) -> str:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None, **extra}
         body = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+        if self.first_chunk:  # vLLM: the prompt's token ids ride on the stream's first chunk
+            self.first_chunk = False
+            if self.body.return_token_ids:
+                body["prompt_token_ids"] = self.plan.prompt_ids
+        if self.continuous_usage:
+            body["usage"] = self._usage(self.completion_tokens)
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     async def stream(self) -> AsyncIterator[str]:
+        options = self.body.stream_options
+        self.first_chunk = True
+        self.continuous_usage = bool(
+            options and options.include_usage and options.continuous_usage_stats
+        )
+        self.completion_tokens = 0
         choices = [_StreamedChoice(self, i) for i in range(len(self.requests))]
-        completion_tokens = finished = 0
+        finished = 0
         try:
             for choice in choices:
-                yield choice.opening()
+                for chunk in choice.opening():
+                    yield chunk
             while finished < len(choices):
                 i, event = await self.queue.get()
+                if isinstance(event, PromptEvent):
+                    continue  # never asked of a stream (plan() refuses it)
                 if isinstance(event, TokenEvent):
-                    completion_tokens += 1
+                    self.completion_tokens += 1
                     for chunk in choices[i].token(event):
                         yield chunk
                     continue
@@ -211,19 +253,31 @@ class ChatCall:
                     return
                 for chunk in choices[i].done(event):
                     yield chunk
-            options = self.body.stream_options
             if options is not None and options.include_usage:
                 usage = {**self._envelope("chat.completion.chunk"), "choices": []}
-                usage["usage"] = self._usage(completion_tokens)
+                usage["usage"] = self._usage(self.completion_tokens)
                 yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             self.cancel()
 
 
+def _echoed(body: ChatCompletionRequest) -> str:
+    """vLLM's ``echo``: the final message's text when it is the assistant's (the one being
+    continued), put before the completion; nothing otherwise."""
+    last = body.messages[-1]
+    if not body.echo or last.get("role") != "assistant":
+        return ""
+    try:
+        return text_of(last.get("content")) or ""
+    except Exception:  # content the template rejects is a 400 before this point
+        return ""
+
+
 def _error_chunk(event: DoneEvent) -> str:
-    kind, code = ("invalid_request_error", 400) if event.client_error else ("server_error", 500)
-    error = {"message": event.error, "type": kind, "code": code}
+    """A failure after the stream began, in vLLM's shape (the status is already 200)."""
+    kind, code = ("BadRequestError", 400) if event.client_error else ("InternalServerError", 500)
+    error = {"message": event.error, "type": kind, "param": None, "code": code}
     return f"data: {json.dumps({'error': error})}\n\n"
 
 
@@ -242,23 +296,29 @@ class _StreamedChoice:
         self.logprobs: list[dict[str, Any]] = []
         self.token_ids: list[int] = []
         self.tool_index = 0
+        self.last_text = ""  # the last token's text: it goes out with the finish reason
 
-    def opening(self) -> str:
-        first: dict[str, Any] = {}
-        if self.call.body.return_token_ids:
-            first["prompt_token_ids"] = self.call.plan.prompt_ids
-        return self.call.chunk(self.index, {"role": "assistant", "content": ""}, **first)
+    def opening(self) -> list[str]:
+        chunks = [self.call.chunk(self.index, {"role": "assistant", "content": ""})]
+        if self.call.echo:
+            chunks.append(self.call.chunk(self.index, {"content": self.call.echo}))
+        return chunks
 
     def token(self, event: TokenEvent) -> list[str]:
         if self.call.body.logprobs:
             self.logprobs.append(self.call.logprob(event))
         self.token_ids.append(event.token_id)
+        if event.last:  # held for done(): the last content chunk carries the finish reason
+            self.last_text = event.text
+            return []
         return self._emit(self.parser.feed(event.text) if self.parser else [event.text])
 
     def done(self, event: DoneEvent) -> list[str]:
-        tail: list[str | ParsedCall] = [event.text]
+        text = self.last_text + event.text
+        tail: list[str | ParsedCall] = [text]
         if self.parser:
-            tail = [*self.parser.feed(event.text), *self.parser.finish()]
+            tail = [*self.parser.feed(text), *self.parser.finish()]
+        last = tail.pop() if tail and isinstance(tail[-1], str) else ""
         chunks = self._emit(tail)
         reason = event.finish_reason
         if self.tool_index and reason == "stop":
@@ -266,7 +326,7 @@ class _StreamedChoice:
         chunks.append(
             self.call.chunk(
                 self.index,
-                {},
+                {"content": last} if last else {},
                 finish_reason=reason,
                 stop_reason=event.stop_reason,
                 **self._extras(),

@@ -140,19 +140,20 @@ _NAME = r'\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"'
 _PARTIAL = re.compile(_NAME + r'\s*(?:,\s*"arguments"\s*:\s*(?P<args>.*))?', re.S)
 
 
-def cut_off_call(text: str, names: set[str]) -> ParsedCall:
+def cut_off_call(text: str, names: set[str]) -> ParsedCall | None:
     """A forced call the length limit cut off: its name when it was written whole, and its
     arguments so far, which are not valid JSON (clients report an invalid tool call, as
-    ``ChatOpenAI`` does for OpenAI's truncated calls). Never the markup as content."""
+    ``ChatOpenAI`` does for OpenAI's truncated calls). Never the markup as content; no call at
+    all when the limit came before the name (vLLM: no ``tool_calls``, content "")."""
     body = text.split(TOOL_CALL_OPEN, 1)[-1]
     body = body[: len(body) - _partial_suffix(body, TOOL_CALL_CLOSE)]
     whole = _parse_call(body, names)
     if whole is not None:  # only the closing tag was cut: the call itself is complete
         return whole
     match = _PARTIAL.match(body)
-    name = json.loads(f'"{match["name"]}"') if match else ""
-    arguments = (match["args"] or "") if match else ""
-    return ParsedCall(name, arguments, new_call_id())
+    if not match:
+        return None
+    return ParsedCall(json.loads(f'"{match["name"]}"'), match["args"] or "", new_call_id())
 
 
 def parse_tool_calls(
@@ -162,7 +163,8 @@ def parse_tool_calls(
     ``{"name", "arguments"}`` object as the whole reply). ``cut_off``: the output is a forced
     call the length limit ended, reported as a call with partial arguments."""
     if cut_off:
-        return None, [cut_off_call(text, names)]
+        call = cut_off_call(text, names)
+        return None, [call] if call else []
     calls: list[ParsedCall] = []
     kept: list[str] = []
     position = 0
@@ -231,7 +233,10 @@ class ToolStreamParser:
             )
             if call is None and self.forced:
                 call = cut_off_call(rest, self.names)
+                return [call] if call else []
             return [call] if call else [TOOL_CALL_OPEN + rest]
+        if self.forced:  # the grammar writes only the call: a tag cut short is not content
+            return []
         return [rest] if rest else []
 
 
