@@ -104,23 +104,40 @@ def test_prompt_logprobs_score_the_prompt_as_the_model_scores_its_own_tokens(oai
         assert entry["logprob"] == pytest.approx(item.logprob, abs=2e-3)
         assert entry["rank"] == 1  # greedy: each was the top token
     plain = oai.chat.completions.create(model="default", messages=USER, max_tokens=1)
-    assert plain.model_extra["prompt_logprobs"] is None  # present, null, as vLLM
+    for field in ("prompt_logprobs", "prompt_token_ids"):
+        assert plain.model_extra[field] is None  # present, null, as vLLM
+    assert plain.choices[0].model_extra["token_ids"] is None
     with pytest.raises(openai.BadRequestError, match="stream"):
         oai.chat.completions.create(
             model="default", messages=USER, stream=True, extra_body={"prompt_logprobs": 1}
         )
 
 
-def test_prompt_logprobs_near_the_context_limit_leave_a_neighbour_unharmed(oai, tokenizer):
-    long = "lorem ipsum " * 1500  # ~7,500 tokens of 8,192
+def test_prompt_logprobs_and_echo_on_long_prompts_leave_a_neighbour_unharmed(oai):
+    """Scoring runs in chunks (never a prompt x vocabulary block of floats at once); a prompt
+    that leaves no room near the context limit is a 400 before any work. (Scoring 7,500 tokens
+    works too, at ~1.9x a plain prefill's time: too slow for the suite on 2 cores.)"""
+    long = "lorem ipsum " * 400  # ~2,000 tokens
     reply = oai.chat.completions.create(
         model="default",
         messages=[{"role": "user", "content": long}],
         max_tokens=2,
         extra_body={"prompt_logprobs": 1},
     )
-    assert len(reply.prompt_logprobs) == reply.usage.prompt_tokens > 7000
+    assert len(reply.prompt_logprobs) == reply.usage.prompt_tokens > 1900
     assert all(-100 < next(iter(e.values()))["logprob"] <= 0 for e in reply.prompt_logprobs[1:])
+    near = [
+        {"role": "user", "content": "Repeat."},
+        {"role": "assistant", "content": "lorem ipsum " * 1620},  # ~8,130 of 8,192 tokens
+    ]
+    extra = {"prompt_logprobs": 1, "echo": True, "continue_final_message": True}
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        oai.chat.completions.create(
+            model="default",
+            messages=near,
+            max_tokens=100,
+            extra_body={**extra, "add_generation_prompt": False},
+        )
     neighbour = oai.chat.completions.create(
         model="default", messages=USER, max_tokens=4, temperature=0
     )
@@ -221,12 +238,23 @@ def test_a_forced_call_of_a_tool_with_nested_schemas(oai, choice):
         assert call.name == "Shipment"
 
 
-def test_a_recursive_tool_schema_compiles_as_a_forced_call():
-    from wandb_serverless.local.engine_api import OutputConstraint
-    from wandb_serverless.local.grammar import compile_constraint, tool_call_lark
+@pytest.mark.parametrize("model", [Node, Shipment])
+def test_a_forced_call_grammar_resolves_each_tools_own_definitions(tokenizer, model):
+    """Recursive (``Node``) and nested (``Shipment``) schemas beside another tool: every
+    ``$ref`` resolves once the call's grammar is built (before: "Pointer '/$defs/Node' does not
+    exist")."""
+    from wandb_serverless.local.grammar import Constraint, Vocabulary, tool_call_lark
 
-    tools = [openai.pydantic_function_tool(Node), openai.pydantic_function_tool(Order)]
-    assert compile_constraint(OutputConstraint("grammar", tool_call_lark(tools)))
+    tools = [openai.pydantic_function_tool(model), openai.pydantic_function_tool(Order)]
+    constraint = Constraint(Vocabulary(tokenizer, 49152), _compiled(tool_call_lark(tools)))
+    assert not constraint.done
+
+
+def _compiled(lark: str) -> str:
+    from wandb_serverless.local.engine_api import OutputConstraint
+    from wandb_serverless.local.grammar import compile_constraint
+
+    return compile_constraint(OutputConstraint("grammar", lark))
 
 
 def test_stream_fields_are_where_vllm_puts_them(backend):
@@ -249,6 +277,9 @@ def test_stream_fields_are_where_vllm_puts_them(backend):
     assert finished[0]["choices"][0]["delta"]["content"]
     counts = [c["usage"]["completion_tokens"] for c in with_choices]
     assert counts == sorted(counts) and counts[-1] == 5 == chunks[-1]["usage"]["completion_tokens"]
+    stopped = stream_chunks(backend, {**body, "max_tokens": 40})  # ends on the EOS token
+    assert stopped[-1]["choices"][0]["finish_reason"] == "stop"
+    assert stopped[-1]["choices"][0]["delta"] == {"content": ""}  # a string, never null
     whole = post(backend, body).json()
     assert (
         "".join(c["choices"][0]["delta"].get("content", "") for c in with_choices)

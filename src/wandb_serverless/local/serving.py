@@ -178,10 +178,10 @@ class ChatCall:
             **self._envelope("chat.completion"),
             "choices": choices,
             "usage": self._usage(sum(len(t) for t in tokens)),
-            "prompt_logprobs": self.prompt_logprobs,  # null unless asked, as vLLM
+            # present, null unless asked, as vLLM's response
+            "prompt_logprobs": self.prompt_logprobs,
+            "prompt_token_ids": self.plan.prompt_ids if self.body.return_token_ids else None,
         }
-        if self.body.return_token_ids:
-            body["prompt_token_ids"] = self.plan.prompt_ids
         return body
 
     def _choice(self, index: int, events: list[TokenEvent], done: DoneEvent) -> dict[str, Any]:
@@ -208,8 +208,7 @@ class ChatCall:
             "finish_reason": finish,
             "stop_reason": done.stop_reason,
         }
-        if self.body.return_token_ids:
-            choice["token_ids"] = [e.token_id for e in events]
+        choice["token_ids"] = [e.token_id for e in events] if self.body.return_token_ids else None
         return choice
 
     # -- streaming ---------------------------------------------------------------------------
@@ -326,7 +325,7 @@ class _StreamedChoice:
         chunks.append(
             self.call.chunk(
                 self.index,
-                {"content": last} if last else {},
+                {} if self.tool_index and not last else {"content": last},  # "" as vLLM
                 finish_reason=reason,
                 stop_reason=event.stop_reason,
                 **self._extras(),
