@@ -107,6 +107,15 @@ def test_prompt_logprobs_score_the_prompt_as_the_model_scores_its_own_tokens(oai
     for field in ("prompt_logprobs", "prompt_token_ids"):
         assert plain.model_extra[field] is None  # present, null, as vLLM
     assert plain.choices[0].model_extra["token_ids"] is None
+    as_ids = oai.chat.completions.create(
+        model="default",
+        messages=USER,
+        max_tokens=1,
+        extra_body={"prompt_logprobs": 0, "return_tokens_as_token_ids": True},
+    )
+    for entry in as_ids.prompt_logprobs[1:]:
+        ((token, value),) = entry.items()
+        assert value["decoded_token"] == f"token_id:{token}"
     with pytest.raises(openai.BadRequestError, match="stream"):
         oai.chat.completions.create(
             model="default", messages=USER, stream=True, extra_body={"prompt_logprobs": 1}
