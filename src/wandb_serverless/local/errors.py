@@ -44,8 +44,9 @@ def validation_message(errors: Sequence[Any]) -> str:
     (``less_than_equal``...), as vLLM's 400 does; never the input itself (it can be huge)."""
     lines = [f"{len(errors)} validation error{'s' if len(errors) != 1 else ''} for the request"]
     for error in errors:
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        lines.append(f"{location or 'body'}: {error.get('msg', '')} [type={error.get('type')}]")
+        parts = [str(part) for part in error.get("loc", ()) if part != "body"]
+        location = "body" if error.get("type") == "json_invalid" else ".".join(parts) or "body"
+        lines.append(f"{location}: {error.get('msg', '')} [type={error.get('type')}]")
     return "\n".join(lines)
 
 
