@@ -34,6 +34,7 @@ def stream_chunks(backend, body: dict) -> list[dict]:
     [
         ({"seed": 2**63}, ["seed", "less_than_equal"]),
         ({"logit_bias": {"bad1": 1, "bad2": 2}}, ["bad1", "bad2", "logit_bias"]),
+        ({"logit_bias": {"²": 1}}, ["logit_bias", "'²'"]),  # a digit to isdigit(), not int()
         ({"logit_bias": {"49153": 1}}, ["49153", "49152"]),
         ({"logit_bias": {"1": "not a number"}}, ["logit_bias"]),
         ({"stop_token_ids": [49153]}, ["49153", "49152"]),

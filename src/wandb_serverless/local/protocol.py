@@ -288,13 +288,15 @@ def _token_ids(values: list[int], vocab_size: int, what: str) -> list[int]:
 def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
     """Token ids to biases; every bad key is named at once (as vLLM does)."""
     bias = bias or {}
-    not_ids = [key for key in bias if not key.strip().lstrip("-").isdigit()]
+    ids = {key: _integer(key) for key in bias}
+    not_ids = [key for key, token in ids.items() if token is None]
     if not_ids:
         raise BadRequest(
             f"logit_bias keys must be token ids (integers): {', '.join(map(repr, not_ids))}",
             param="logit_bias",
         )
-    out_of_range = [key for key in bias if not 0 <= int(key) < vocab_size]
+    tokens = {key: token for key, token in ids.items() if token is not None}
+    out_of_range = [key for key, token in tokens.items() if not 0 <= token < vocab_size]
     if out_of_range:
         raise BadRequest(
             f"logit_bias contains token ids {', '.join(out_of_range)} outside the vocabulary "
@@ -304,7 +306,14 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
     for key, value in bias.items():
         if not -100 <= value <= 100:
             raise BadRequest(f"logit_bias[{key}] must be between -100 and 100", param="logit_bias")
-    return {int(key): value for key, value in bias.items()}
+    return {tokens[key]: value for key, value in bias.items()}
+
+
+def _integer(text: str) -> int | None:
+    try:  # int() itself decides: "²" passes str.isdigit() and fails int()
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _logprob_count(value: int | None, name: str, vocab_size: int, max_logprobs: int) -> int | None:
