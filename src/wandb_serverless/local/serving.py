@@ -74,6 +74,12 @@ class ChatCall:
         )
         self.prompt_logprobs: list[dict[str, Any] | None] | None = None
         self.echo = _echoed(body)
+        options = body.stream_options  # streams only: usage on every chunk, tokens so far
+        self.continuous_usage = bool(
+            options and options.include_usage and options.continuous_usage_stats
+        )
+        self.completion_tokens = 0
+        self.first_chunk = True
         loop = asyncio.get_running_loop()
         name, path = adapter or (None, None)
         self.requests: list[GenerationRequest] = []
@@ -226,11 +232,6 @@ class ChatCall:
 
     async def stream(self) -> AsyncIterator[str]:
         options = self.body.stream_options
-        self.first_chunk = True
-        self.continuous_usage = bool(
-            options and options.include_usage and options.continuous_usage_stats
-        )
-        self.completion_tokens = 0
         choices = [_StreamedChoice(self, i) for i in range(len(self.requests))]
         finished = 0
         try:
