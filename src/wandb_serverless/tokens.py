@@ -48,7 +48,7 @@ def tokenize(
             body["tools"] = tools
     if root not in _NO_ENDPOINT:
         try:
-            answer = client.with_options(max_retries=0, timeout=TOKENIZE_TIMEOUT_S).post(
+            answer: Any = client.with_options(max_retries=0, timeout=TOKENIZE_TIMEOUT_S).post(
                 f"{root}/tokenize", body=body, cast_to=object
             )
             return [int(t) for t in answer["tokens"]]

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
 from wandb_serverless.rollouts.weave_source import WeaveRollout, WeaveRollouts, as_groups
 from wandb_serverless.training import TrainableModel, TrainResult
+from wandb_serverless.trajectory import TrajectoryGroup
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import pytest
 from support.weave_fake import HTTPTraceServer, http_weave_client
 from weave.trace.context import weave_client_context
 
-from wandb_serverless.rollouts.trajectory import Choice
 from wandb_serverless.rollouts.weave_traces import WeaveTraces, feedback_score, merge
+from wandb_serverless.trajectory import Choice
 
 AGENTS = Path(__file__).resolve().parents[1] / "support" / "weave_traced_agents.py"
 USER = {"role": "user", "content": "weather in Paris?"}

@@ -10,7 +10,7 @@ import pytest
 
 from wandb_serverless.api import Client
 from wandb_serverless.local.trainer import Tokenization, rl_samples
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+from wandb_serverless.trajectory import TrajectoryGroup
 
 WIRE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "art-wire"
 

@@ -23,7 +23,7 @@ from langchain_wandb.messages import convert_messages_to_dicts
 from wandb_serverless.rollouts.hooks import KEEP_FINISHED, HookRecorder
 from wandb_serverless.rollouts.recorder import Rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import Trajectory
+from wandb_serverless.trajectory import Trajectory
 
 _installed: contextvars.ContextVar[RolloutCallbackHandler | None] = contextvars.ContextVar(
     "wandb_rollout_handler", default=None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import openai
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -46,8 +44,16 @@ def map_error(exc: openai.APIError) -> Exception:
     return mapped
 
 
-@lru_cache(maxsize=64)
+_COMBINED: dict[tuple[type[Exception], type[Exception]], type[Exception]] = {}
+
+
 def _combined(langchain_cls: type[Exception], sdk_cls: type[Exception]) -> type[Exception]:
     """A subclass of both, so ``except openai.RateLimitError`` and ``except ModelRateLimitError``
-    both catch it (langchain-core's convention for provider errors)."""
-    return type(langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__})
+    both catch it (langchain-core's convention for provider errors). One class per pair: the
+    pairs are a handful of fixed classes, so the cache is bounded."""
+    key = (langchain_cls, sdk_cls)
+    if key not in _COMBINED:
+        _COMBINED[key] = type(
+            langchain_cls.__name__, (langchain_cls, sdk_cls), {"__init__": Exception.__init__}
+        )
+    return _COMBINED[key]

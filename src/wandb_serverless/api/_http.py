@@ -74,7 +74,7 @@ def _classify(exc: httpx.HTTPError) -> tuple[APIConnectionError, bool]:
     """The error to raise for a transport failure (naming the URL), and whether the request
     was sent."""
     try:
-        url = exc.request.url.copy_with(query=None)
+        url: object = exc.request.url.copy_with(query=None)
     except RuntimeError:  # an error raised before the request was built
         url = "the server"
     if isinstance(exc, httpx.ConnectTimeout):

@@ -1,7 +1,7 @@
 """Typed clients for the W&B Serverless Training API; chat goes through the official openai SDK.
 
 ``Client`` and ``AsyncClient`` share one implementation of every resource: a resource method
-returns the parsed result on ``Client`` and an awaitable of it on ``AsyncClient``.
+returns the parsed result on ``Client`` and an awaitable of it on ``AsyncClient`` (typed so).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 import openai
@@ -28,6 +28,13 @@ from wandb_serverless.api.errors import (
     error_for_response,
 )
 from wandb_serverless.api.resources import (
+    AsyncBaseModels,
+    AsyncCheckpoints,
+    AsyncEvents,
+    AsyncLocalAliases,
+    AsyncLocalArtifacts,
+    AsyncModels,
+    AsyncTrainingJobs,
     BaseModels,
     Checkpoints,
     Events,
@@ -51,6 +58,39 @@ LOCAL_BACKEND = "wandb-serverless-local"
 DEFAULT_MAX_RETRIES = 3
 
 
+@overload
+def openai_client(
+    settings: Settings,
+    *,
+    async_client: Literal[False] = False,
+    base_url: str | None = None,
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+    max_retries: int = 2,
+    default_headers: dict[str, str] | None = None,
+    http_client: httpx.Client | None = None,
+) -> openai.OpenAI: ...
+@overload
+def openai_client(
+    settings: Settings,
+    *,
+    async_client: Literal[True],
+    base_url: str | None = None,
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+    max_retries: int = 2,
+    default_headers: dict[str, str] | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> openai.AsyncOpenAI: ...
+@overload
+def openai_client(
+    settings: Settings,
+    *,
+    async_client: bool,
+    base_url: str | None = None,
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+    max_retries: int = 2,
+    default_headers: dict[str, str] | None = None,
+    http_client: httpx.Client | httpx.AsyncClient | None = None,
+) -> openai.OpenAI | openai.AsyncOpenAI: ...
 def openai_client(
     settings: Settings,
     *,
@@ -59,17 +99,17 @@ def openai_client(
     timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
     max_retries: int = 2,
     default_headers: dict[str, str] | None = None,
-    http_client: Any = None,
-) -> Any:
+    http_client: httpx.Client | httpx.AsyncClient | None = None,
+) -> openai.OpenAI | openai.AsyncOpenAI:
     """An ``openai.OpenAI`` (or ``AsyncOpenAI``) for W&B chat.
 
     Key, base URL, organization and project are all set from ``settings``, never from the
     ambient OPENAI_* variables; W&B's ``entity/project`` goes in the ``OpenAI-Project`` header.
     """
-    cls = openai.AsyncOpenAI if async_client else openai.OpenAI
+    cls: Any = openai.AsyncOpenAI if async_client else openai.OpenAI
     project = settings.openai_project  # raises MissingEntityError before anything is sent
     headers = {"User-Agent": user_agent(), **(default_headers or {})}
-    client = cls(
+    client: openai.OpenAI | openai.AsyncOpenAI = cls(
         api_key=settings.require_api_key(),
         base_url=base_url or settings.inference_base_url,
         organization=None,
@@ -129,12 +169,6 @@ class _BaseClient:
         self.max_retries = max_retries
         self._headers = build_headers(self.settings.require_api_key(), default_headers)
         self._policy = RetryPolicy(max_retries=max_retries)
-        self.models = Models(self)
-        self.base_models = BaseModels(self)
-        self.checkpoints = Checkpoints(self)
-        self.training_jobs = TrainingJobs(self)
-        self.local_artifacts = LocalArtifacts(self)
-        self.local_aliases = LocalAliases(self)
         self._local: bool | None = None
 
     def __repr__(self) -> str:
@@ -146,9 +180,6 @@ class _BaseClient:
     def _paginate(self, fetch: Callable[[str | None], Any], start: str | None = None) -> Any:
         raise NotImplementedError
 
-    def _follow(self, events: Events, job_id: str, after: Any, poll: float, timeout: Any) -> Any:
-        raise NotImplementedError
-
 
 class Client(_BaseClient):
     """Synchronous client. ``Client()`` reads WANDB_API_KEY and talks to W&B's training API.
@@ -158,6 +189,12 @@ class Client(_BaseClient):
 
     def __init__(self, *args: Any, http_client: httpx.Client | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.models = Models(self)
+        self.base_models = BaseModels(self)
+        self.checkpoints = Checkpoints(self)
+        self.training_jobs = TrainingJobs(self)
+        self.local_artifacts = LocalArtifacts(self)
+        self.local_aliases = LocalAliases(self)
         self._owns_http = http_client is None
         self._httpx = http_client or httpx.Client(timeout=self.timeout)
         self._http = SyncHTTP(self._httpx, self._policy, self.settings.require_api_key())
@@ -216,8 +253,8 @@ class Client(_BaseClient):
         return self._local
 
     def openai(self, **kwargs: Any) -> openai.OpenAI:
-        """An ``openai.OpenAI`` for chat on the same server, key and project."""
-        kwargs.setdefault("base_url", self.base_url)
+        """An ``openai.OpenAI`` for chat with the same key and project, on the inference
+        endpoint (the same server when ``base_url`` was given)."""
         return openai_client(self.settings, **kwargs)
 
     def close(self) -> None:
@@ -236,6 +273,12 @@ class AsyncClient(_BaseClient):
 
     def __init__(self, *args: Any, http_client: httpx.AsyncClient | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.models = AsyncModels(self)
+        self.base_models = AsyncBaseModels(self)
+        self.checkpoints = AsyncCheckpoints(self)
+        self.training_jobs = AsyncTrainingJobs(self)
+        self.local_artifacts = AsyncLocalArtifacts(self)
+        self.local_aliases = AsyncLocalAliases(self)
         self._owns_http = http_client is None
         self._httpx = http_client or httpx.AsyncClient(timeout=self.timeout)
         self._http = AsyncHTTP(self._httpx, self._policy, self.settings.require_api_key())
@@ -257,7 +300,7 @@ class AsyncClient(_BaseClient):
             cursor = page.data[-1].id
 
     async def _follow(
-        self, events: Events, job_id: str, after: Any, poll: float, timeout: Any
+        self, events: AsyncEvents, job_id: str, after: Any, poll: float, timeout: Any
     ) -> AsyncIterator[TrainingJobEvent]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -275,7 +318,6 @@ class AsyncClient(_BaseClient):
         return await self._call("GET", "/health", dict)
 
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        kwargs.setdefault("base_url", self.base_url)
         return openai_client(self.settings, async_client=True, **kwargs)
 
     async def aclose(self) -> None:

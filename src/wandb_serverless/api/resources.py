@@ -1,10 +1,12 @@
-"""The training API's resources, one class each; ``Client`` and ``AsyncClient`` share them (a
-method returns the result on ``Client`` and an awaitable of it on ``AsyncClient``)."""
+"""The training API's resources, one class each. ``Client`` and ``AsyncClient`` share their
+code: a method returns the result on ``Client`` and an awaitable of it on ``AsyncClient``
+(whose ``_call`` is a coroutine). The ``Async*`` classes give the async side its types: the same
+functions, their signatures kept, typed as returning awaitables (``_awaitable``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
@@ -26,7 +28,7 @@ from wandb_serverless.api.types import (
     TrainingJobEvent,
     TrainingJobResponse,
 )
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+from wandb_serverless.trajectory import TrajectoryGroup
 
 #: Creating a model or a job can take minutes on W&B (over 100 s seen; ART's users report
 #: 524s): the openai SDK's default timeout, not the 60 s of the other calls.
@@ -109,10 +111,12 @@ class Checkpoints(Resource):
         path = f"/preview/models/{model_id}/checkpoints"
         return self._call("GET", path, Page[CheckpointResponse], params=params)
 
-    def iter(self, model_id: str, *, order: str = "asc", page_size: int = 100) -> Any:
+    def iter(
+        self, model_id: str, *, order: str = "asc", page_size: int = 100
+    ) -> Iterator[CheckpointResponse]:
         """Every checkpoint, paging with ``after``; an async iterator on AsyncClient."""
 
-        def fetch(after: str | None) -> Any:
+        def fetch(after: str | None) -> Page[CheckpointResponse]:
             return self.list(model_id, after=after, limit=page_size, order=order)
 
         return self._client._paginate(fetch)
@@ -134,10 +138,12 @@ class Events(Resource):
             "GET", path, Page[TrainingJobEvent], params=_params(after=after, limit=limit)
         )
 
-    def iter(self, job_id: str, *, after: str | None = None, page_size: int = 100) -> Any:
+    def iter(
+        self, job_id: str, *, after: str | None = None, page_size: int = 100
+    ) -> Iterator[TrainingJobEvent]:
         """Every event so far (``after`` is exclusive); an async iterator on AsyncClient."""
 
-        def fetch(cursor: str | None) -> Any:
+        def fetch(cursor: str | None) -> Page[TrainingJobEvent]:
             return self.list(job_id, after=cursor, limit=page_size)
 
         return self._client._paginate(fetch, start=after)
@@ -149,7 +155,7 @@ class Events(Resource):
         after: str | None = None,
         poll_interval: float = 1.0,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Iterator[TrainingJobEvent]:
         """Yield events as they come until ``training_ended``.
 
         ``training_failed`` raises :class:`TrainingJobFailedError` with the server's message.
@@ -252,3 +258,71 @@ def check_event(job_id: str, event: TrainingJobEvent) -> None:
     if event.type == "training_failed":
         message = str(event.data.get("error_message") or "no error message")
         raise TrainingJobFailedError(job_id, message)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _awaitable(
+    method: Callable[Concatenate[Any, P], T],
+) -> Callable[Concatenate[Any, P], Awaitable[T]]:
+    """``method`` itself, typed as it behaves on ``AsyncClient``: it returns an awaitable."""
+    return method  # type: ignore[return-value]
+
+
+def _async_iterator(
+    method: Callable[Concatenate[Any, P], Iterator[T]],
+) -> Callable[Concatenate[Any, P], AsyncIterator[T]]:
+    """``method`` itself, typed as it behaves on ``AsyncClient``: an async iterator."""
+    return method  # type: ignore[return-value]
+
+
+class AsyncModels(Resource):
+    __doc__ = Models.__doc__
+    create = _awaitable(Models.create)
+    list = _awaitable(Models.list)
+    delete = _awaitable(Models.delete)
+    log = _awaitable(Models.log)
+
+
+class AsyncBaseModels(Resource):
+    list = _awaitable(BaseModels.list)
+
+
+class AsyncCheckpoints(Resource):
+    __doc__ = Checkpoints.__doc__
+    list = _awaitable(Checkpoints.list)
+    iter = _async_iterator(Checkpoints.iter)
+    delete = _awaitable(Checkpoints.delete)
+
+
+class AsyncEvents(Resource):
+    __doc__ = Events.__doc__
+    list = _awaitable(Events.list)
+    iter = _async_iterator(Events.iter)
+    follow = _async_iterator(Events.follow)
+
+
+class AsyncTrainingJobs(Resource):
+    __doc__ = TrainingJobs.__doc__
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.events = AsyncEvents(client)
+
+    create = _awaitable(TrainingJobs.create)
+    create_sft = _awaitable(TrainingJobs.create_sft)
+    retrieve = _awaitable(TrainingJobs.retrieve)
+
+
+class AsyncLocalArtifacts(Resource):
+    __doc__ = LocalArtifacts.__doc__
+    publish = _awaitable(LocalArtifacts.publish)
+
+
+class AsyncLocalAliases(Resource):
+    __doc__ = LocalAliases.__doc__
+    list = _awaitable(LocalAliases.list)
+    set = _awaitable(LocalAliases.set)
+    delete = _awaitable(LocalAliases.delete)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+from wandb_serverless.trajectory import TrajectoryGroup
 
 T = TypeVar("T")
 
@@ -78,8 +78,8 @@ class Page(_Response, Generic[T]):
 
     object: str = "list"
     data: list[T]
-    first_id: str = ""
-    last_id: str = ""
+    first_id: str | None = ""  # null on an empty page (OpenAI's and ART's servers)
+    last_id: str | None = ""
     has_more: bool
 
 

@@ -20,16 +20,26 @@ def post(client: openai.OpenAI | openai.AsyncOpenAI, request: dict[str, Any]) ->
     body = dict(request)
     body.update(body.pop("extra_body", None) or {})
     stream = bool(body.get("stream"))
-    is_async = isinstance(client, openai.AsyncOpenAI)
-    stream_cls = openai.AsyncStream[object] if is_async else openai.Stream[object]
     try:
-        result = client.post(
-            "/chat/completions", body=body, cast_to=object, stream=stream, stream_cls=stream_cls
-        )  # a coroutine for an AsyncOpenAI: nothing is sent before it is awaited
+        if isinstance(client, openai.AsyncOpenAI):  # nothing is sent before it is awaited
+            sent = client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
+                stream=stream,
+                stream_cls=openai.AsyncStream[Any],
+            )
+            return _named(client, sent)
+        return client.post(
+            "/chat/completions",
+            body=body,
+            cast_to=object,
+            stream=stream,
+            stream_cls=openai.Stream[Any],
+        )
     except openai.APIConnectionError as exc:
         name_endpoint(exc, client.base_url)
         raise
-    return _named(client, result) if is_async else result
 
 
 async def _named(client: Any, sent: Any) -> Any:

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +31,8 @@ from wandb_serverless.learning.sampling import RolloutFn as RolloutFn
 from wandb_serverless.learning.settings import check_settings
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
 from wandb_serverless.training import TrainableModel, trainable_groups
+from wandb_serverless.trajectory import TrajectoryGroup
 
 log = logging.getLogger(__name__)
 MAX_FAILED_JOBS = 3  # training jobs failing in a row stop the loop (the service is down)
@@ -232,9 +233,7 @@ class LearningLoop:
     ) -> None:
         for step in range(first, last + 1):
             async with self._progress:  # never sample further ahead than the bound allows
-                await self._progress.wait_for(
-                    lambda s=step: self.state.done_through >= s - 1 - self.max_off
-                )
+                await self._progress.wait_for(partial(self._may_sample, step))
             recorded = self.state.sampled.get(step)
             if recorded is not None:  # sampled before a stop: the store has its groups
                 sample = StepSample.from_record(recorded, self.store)
@@ -243,6 +242,10 @@ class LearningLoop:
                 sample = await sampler.sample(step, policy, self.model.ref_at(policy))
                 self._record("sampled", **sample.record())
             await out.put(sample)
+
+    def _may_sample(self, step: int) -> bool:
+        """Whether sampling ``step`` stays within ``max_off`` steps of the last trained one."""
+        return self.state.done_through >= step - 1 - self.max_off
 
     def _sampling_policy(self) -> int:
         latest, promoted = self.state.latest, self.state.promoted

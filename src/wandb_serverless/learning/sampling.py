@@ -17,7 +17,7 @@ from typing import Any
 
 from wandb_serverless.rollouts.recorder import Rollout
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import Choice, TrajectoryGroup
+from wandb_serverless.trajectory import Choice, TrajectoryGroup
 from wandb_serverless.usage import Meter, judging, metered
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,11 @@ class Sampler:
                 rollout_id = group.rollout_id(sample)
                 if rollout_id in done:
                     continue  # finished before a restart: kept, never sampled twice
-                metadata = {"loop_step": step, "scenario_index": group.scenario_index, "seed": seed}
+                metadata: dict[str, Any] = {
+                    "loop_step": step,
+                    "scenario_index": group.scenario_index,
+                    "seed": seed,
+                }
                 if isinstance(scenario, str | int | float | bool):
                     metadata["scenario"] = scenario
                 run = Rollout(group=group.name, metadata=metadata, store=self.store, id=rollout_id)

@@ -17,7 +17,7 @@ import torch
 
 from wandb_serverless.local.state import PathOutsideError, State, inside
 from wandb_serverless.models import ArtifactRef
-from wandb_serverless.rollouts.trajectory import Trajectory
+from wandb_serverless.trajectory import Trajectory
 
 OPTIMIZER_FILE = "optimizer.pt"
 

@@ -62,7 +62,7 @@ class Backend:
         checkpoint; ``:step0``, or a model with no checkpoint yet, is the base model; a named
         alias (``:production``) is the step it is set on (404 while it is set on none).
         """
-        if name in (None, self.model_id, *DEFAULT_ALIASES, *self.aliases):
+        if name is None or name in (self.model_id, *DEFAULT_ALIASES, *self.aliases):
             return None
         if not is_checkpoint(name):
             raise self._unknown(name)

@@ -4,14 +4,15 @@ the metrics a ``log`` call records."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from fastapi.exceptions import HTTPException
 
 from wandb_serverless.api.types import LogRequest
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+from wandb_serverless.trajectory import TrajectoryGroup
 
 
-def invalid(location: list[str | int], message: str) -> HTTPException:
+def invalid(location: Sequence[object], message: str) -> HTTPException:
     """A 422 in FastAPI's own shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
     return HTTPException(422, [{"loc": location, "msg": message, "type": "value_error"}])
 
@@ -20,7 +21,7 @@ def require_finite(groups: list[TrajectoryGroup]) -> None:
     """Rewards and metrics must be numbers: a NaN poisons training and every average."""
     for g, group in enumerate(groups):
         for t, trajectory in enumerate(group.trajectories):
-            where = ["body", "trajectory_groups", g, "trajectories", t]
+            where: list[object] = ["body", "trajectory_groups", g, "trajectories", t]
             if not math.isfinite(trajectory.reward):
                 raise invalid([*where, "reward"], "must be a finite number")
             for key, value in trajectory.metrics.items():

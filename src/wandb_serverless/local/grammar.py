@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import llguidance
@@ -154,7 +155,7 @@ def _schema(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else value
 
 
-_COMPILERS = {
+_COMPILERS: dict[str, Callable[[Any], str]] = {
     "json": lambda value: json_schema_grammar(_schema(value)),
     "json_object": lambda value: json_object_grammar(),
     "regex": regex_grammar,

@@ -80,7 +80,7 @@ def prefix_batches(samples: list[Sample], max_tokens: int = 4096) -> list[tuple[
     """
     ordered = sorted(samples, key=lambda s: s.ids)
     batches: list[tuple[int, list[Sample]]] = []
-    prefix, batch = 0, []
+    prefix, batch = 0, list[Sample]()
     for sample in ordered:
         if batch:
             shared = min(prefix, _common_prefix(batch[0].ids, sample.ids), sample.start - 1)

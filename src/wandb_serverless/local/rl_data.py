@@ -10,7 +10,7 @@ from typing import Any
 
 from wandb_serverless.local.artifacts import TrainingError
 from wandb_serverless.local.tools import prepare_messages
-from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup, choice_to_message
+from wandb_serverless.trajectory import Trajectory, TrajectoryGroup, choice_to_message
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 

@@ -23,7 +23,7 @@ from wandb_serverless.local.grammar import Constraint
 class EOS:
     """The model's end-of-sequence token ids, as a set and as a tensor."""
 
-    set: frozenset[int]
+    tokens: frozenset[int]
     ids: torch.Tensor
 
     @classmethod
@@ -168,7 +168,7 @@ class Sequence:
             values, ids = torch.topk(raw, self.params.top_logprobs)
             top = list(zip(ids.tolist(), values.tolist(), strict=True))
         ended = self.constraint is not None and self.constraint.done  # a complete output ends here
-        is_eos = token in self.eos.set and (not self.params.ignore_eos or ended)
+        is_eos = token in self.eos.tokens and (not self.params.ignore_eos or ended)
         text, stop = ("", None) if is_eos else self.detok.add(token)
         end: tuple[str, str | int | None, bool] | None = None
         if is_eos:

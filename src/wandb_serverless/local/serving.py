@@ -129,7 +129,9 @@ class ChatCall:
         text = self.backend.token_text
         scored: list[dict[str, Any] | None] = [None]
         for (token, logprob, rank), top in event.logprobs:
-            entry = {str(t): {"logprob": lp, "rank": r + 1} for r, (t, lp) in enumerate(top)}
+            entry: dict[str, dict[str, Any]] = {
+                str(t): {"logprob": lp, "rank": r + 1} for r, (t, lp) in enumerate(top)
+            }
             entry[str(token)] = {"logprob": logprob, "rank": rank}
             for key, value in entry.items():
                 value["decoded_token"] = text.decoded(int(key), as_ids)

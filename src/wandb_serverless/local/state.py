@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,11 @@ class JobRow:
     kind: str
     status: str
     request: dict[str, Any]
+
+
+def _job_row(row: Sequence[Any]) -> JobRow:
+    """A ``jobs`` row (id, model_id, kind, status, request) as a ``JobRow``."""
+    return JobRow(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
 
 class State:
@@ -289,13 +294,13 @@ class State:
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._all("SELECT id, model_id, kind, status, request FROM jobs WHERE id=?", job_id)
-        return JobRow(*rows[0][:4], json.loads(rows[0][4])) if rows else None
+        return _job_row(rows[0]) if rows else None
 
     def next_queued_job(self) -> JobRow | None:
         rows = self._all(
             "SELECT id, model_id, kind, status, request FROM jobs WHERE status='queued' ORDER BY seq LIMIT 1"
         )
-        return JobRow(*rows[0][:4], json.loads(rows[0][4])) if rows else None
+        return _job_row(rows[0]) if rows else None
 
     def set_job_status(self, job_id: str, status: str) -> None:
         with self._tx() as db:

@@ -39,7 +39,7 @@ from wandb_serverless.local.artifacts import (
 from wandb_serverless.local.logprobs import batch_logprobs, prefix_batches, shared_prefix_logprobs
 from wandb_serverless.local.rl_data import Sample, Tokenization, rl_samples
 from wandb_serverless.local.state import JobRow, State
-from wandb_serverless.rollouts.trajectory import TrajectoryGroup
+from wandb_serverless.trajectory import TrajectoryGroup
 
 __all__ = [
     "Sample",
@@ -63,7 +63,12 @@ DEFAULT_SFT_BATCH = 4
 SFT_CONFIG_KEYS = {"batch_size", "learning_rate", "assistant_turns", "metric_logging"}
 #: "1": a fresh AdamW per RL job, the recipe before optimizer state was kept (for comparisons)
 RESET_OPTIMIZER = "WANDB_SERVERLESS_RESET_OPTIMIZER"
-LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+LORA: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+}
 
 
 def _adamw(model: Any, lr: float) -> torch.optim.Optimizer:

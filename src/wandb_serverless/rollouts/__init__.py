@@ -2,9 +2,9 @@
 
 from wandb_serverless.rollouts.recorder import LLMCall, Rollout, current_rollout, rollout
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
 from wandb_serverless.rollouts.weave_source import WeaveRollouts
 from wandb_serverless.rollouts.weave_traces import WeaveTraces
+from wandb_serverless.trajectory import Choice, History, Trajectory, TrajectoryGroup
 
 __all__ = [
     "Choice",

@@ -26,7 +26,7 @@ from wandb_serverless.rollouts.recorder import (
     observe_call,
 )
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import Trajectory
+from wandb_serverless.trajectory import Trajectory
 
 EVERY = object()  # finish(): every rollout the hook opened
 #: Finished rollouts a hook keeps in memory for ``handler.trajectories`` (the store keeps all):

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from wandb_serverless.rollouts.trajectory import (
+from wandb_serverless.rollouts.weave_export import WeaveNotReady
+from wandb_serverless.trajectory import (
     NO_TURNS,
     Choice,
     History,
@@ -28,7 +29,6 @@ from wandb_serverless.rollouts.trajectory import (
     choice_to_message,
     message_or_choice,
 )
-from wandb_serverless.rollouts.weave_export import WeaveNotReady
 
 if TYPE_CHECKING:
     from wandb_serverless.rollouts.store import RolloutStore
@@ -257,6 +257,22 @@ class Rollout:
         with self._lock:
             self.calls.append(call)
 
+    def note_unrecorded_choices(self, count: int) -> None:
+        """A call returned ``count`` choices beyond the first (``n > 1``): the first is the
+        turn; the others are in no conversation. Counted in the trajectory's metadata
+        (``unrecorded_choices``) and warned of once per rollout, never dropped silently."""
+        with self._lock:
+            before = self.metadata.get("unrecorded_choices", 0)
+            self.metadata["unrecorded_choices"] = before + count
+        if not before:
+            log.warning(
+                "rollout %s: a call returned %d choices (n > 1); the trajectory records the "
+                "first as the turn, the other %d are counted in metadata['unrecorded_choices']",
+                self.id,
+                count + 1,
+                count,
+            )
+
     def add_tool_result(self, tool_call_id: str, content: str) -> None:
         with self._lock:
             self.tool_results[tool_call_id] = {
@@ -277,6 +293,11 @@ class Rollout:
         if self._trajectory is None and self._final is not None:
             self._trajectory = _build(*self._final)
         return self._trajectory
+
+    def _built(self) -> Trajectory:
+        trajectory = self.trajectory
+        assert trajectory is not None, "called after _complete"
+        return trajectory
 
     def build(self) -> Trajectory:
         """The Trajectory so far."""
@@ -323,14 +344,14 @@ class Rollout:
         ``with rollout()`` calls it; trace hooks call it for rollouts they opened."""
         self._complete(exc)
         if self.store is not None:
-            self.store.save(self.trajectory, group=self.group, exception=self.exception)
+            self.store.save(self._built(), group=self.group, exception=self.exception)
         self._export()
 
     async def afinish(self, exc: BaseException | None = None) -> None:
         """``finish`` with the store's async save."""
         self._complete(exc)
         if self.store is not None:
-            await self.store.asave(self.trajectory, group=self.group, exception=self.exception)
+            await self.store.asave(self._built(), group=self.group, exception=self.exception)
         self._export()
 
     def _export(self) -> None:

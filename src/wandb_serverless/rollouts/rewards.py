@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+from wandb_serverless.trajectory import Trajectory, TrajectoryGroup
 from wandb_serverless.usage import judging
 
 DEFAULT_RUBRIC = """\

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
-from wandb_serverless.rollouts.trajectory import NO_TURNS, Trajectory, TrajectoryGroup
+from wandb_serverless.trajectory import NO_TURNS, Trajectory, TrajectoryGroup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trajectories (
@@ -195,7 +195,7 @@ class RolloutStore:
         max_reward: float | None = None,
         limit: int | None = None,
     ) -> list[tuple]:
-        sql, args = f"SELECT {columns} FROM trajectories WHERE 1=1", []
+        sql, args = f"SELECT {columns} FROM trajectories WHERE 1=1", list[object]()
         if group is not None:
             sql += " AND grp = ?"
             args.append(group)

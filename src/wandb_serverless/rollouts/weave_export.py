@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, choice_to_message
+from wandb_serverless.trajectory import Choice, History, Trajectory, choice_to_message
 
 ROLLOUT_OP, CHAT_OP, HISTORY_OP = "rollout", "chat", "history"
 

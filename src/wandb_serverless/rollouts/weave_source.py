@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from wandb_serverless.rollouts.store import best_sft_rows, collect_groups
-from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
 from wandb_serverless.rollouts.weave_export import (
     CHAT_OP,
     HISTORY_OP,
@@ -31,6 +30,7 @@ from wandb_serverless.rollouts.weave_export import (
     connect,
     unpack_turn,
 )
+from wandb_serverless.trajectory import Choice, History, Trajectory, TrajectoryGroup
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[list[dict[str, Any]], Trajectory], float | None]

@@ -30,7 +30,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from wandb_serverless.rollouts.store import sft_row
-from wandb_serverless.rollouts.trajectory import Choice, History, Trajectory, TrajectoryGroup
 from wandb_serverless.rollouts.weave_export import connect
 from wandb_serverless.rollouts.weave_source import (
     DEFAULT_PAGE_SIZE,
@@ -39,6 +38,7 @@ from wandb_serverless.rollouts.weave_source import (
     query_calls,
     where,
 )
+from wandb_serverless.trajectory import Choice, History, Trajectory, TrajectoryGroup
 
 log = logging.getLogger(__name__)
 

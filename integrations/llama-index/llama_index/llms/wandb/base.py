@@ -197,8 +197,10 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
 
         def gen() -> ChatResponseGen:
             stream = calls.stream(self._client(), request, accumulate=True)
+            turn = stream.turn
+            assert turn is not None  # accumulate=True
             for delta in stream:
-                yield _snapshot(stream.turn, delta)
+                yield _snapshot(turn, delta)
 
         return gen()
 
@@ -211,8 +213,10 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
 
         async def gen() -> ChatResponseAsyncGen:
             stream = await calls.astream(client, request, accumulate=True)
+            turn = stream.turn
+            assert turn is not None  # accumulate=True
             async for delta in stream:
-                yield _snapshot(stream.turn, delta)
+                yield _snapshot(turn, delta)
 
         return gen()
 

@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 from wandb_serverless.rollouts.hooks import KEEP_FINISHED, HookRecorder
 from wandb_serverless.rollouts.recorder import Rollout, current_rollout, make_choice
 from wandb_serverless.rollouts.store import RolloutStore
-from wandb_serverless.rollouts.trajectory import Trajectory
+from wandb_serverless.trajectory import Trajectory
 
 GROUP_TAGS = ("rollout_id", "llamaindex.run_id")
 #: The events LlamaIndex workflows emit when a run ends (``workflows`` package): its output, or
