@@ -1,6 +1,17 @@
 """Where requests go and with which credentials: the one place that resolves them.
 
-Precedence for every setting: explicit argument, then environment, then default.
+Precedence for every setting: explicit argument, then environment, then default. For the two
+endpoints, within each level the endpoint's own setting comes before the shared one:
+
+1. ``inference_base_url=`` / ``training_base_url=`` (``ChatWandb(base_url=...)`` and
+   ``WandbLLM(base_url=...)`` are the inference one),
+2. ``base_url=`` (``Client(base_url=...)``, the CLI's ``--base-url``: both endpoints),
+3. ``WANDB_INFERENCE_BASE_URL`` / ``WANDB_TRAINING_BASE_URL``,
+4. ``WANDB_SERVERLESS_BASE_URL`` (both endpoints),
+5. W&B's own endpoints.
+
+The adapters, ``Client``/``AsyncClient``, the trainer and the CLI all resolve through
+``Settings.resolve``, so they agree on every combination (tests/core/test_models_and_config.py).
 """
 
 from __future__ import annotations
@@ -143,15 +154,14 @@ class Settings(BaseModel):
         if project and "/" in project:
             head, _, tail = project.partition("/")
             entity, project = entity or head, tail
-        shared = base_url or _env(ENV_BASE_URL)
-        training = training_base_url or shared or _env(ENV_TRAINING_BASE_URL)
-        inference = inference_base_url or shared or _env(ENV_INFERENCE_BASE_URL)
         return cls(
             api_key=key,
             entity=entity,
             project=project,
-            training_base_url=_strip(training or DEFAULT_TRAINING_BASE_URL),
-            inference_base_url=_strip(inference or DEFAULT_INFERENCE_BASE_URL),
+            training_base_url=_endpoint(training_base_url, base_url, ENV_TRAINING_BASE_URL)
+            or DEFAULT_TRAINING_BASE_URL,
+            inference_base_url=_endpoint(inference_base_url, base_url, ENV_INFERENCE_BASE_URL)
+            or DEFAULT_INFERENCE_BASE_URL,
             local=local if local is not None else _flag(_env(ENV_LOCAL)),
         )
 
@@ -186,6 +196,19 @@ class Settings(BaseModel):
         except Exception as exc:
             why = f"{type(exc).__name__}: {str(exc)[:200]}".replace(key, "***")
             raise MissingEntityError(self.project, why) from None
+
+
+def _endpoint(own: str | None, shared: str | None, own_env: str) -> str | None:
+    """An endpoint by the module's precedence; None when nothing sets it."""
+    url = own or shared or _env(own_env) or _env(ENV_BASE_URL)
+    return _strip(url) if url else None
+
+
+def env_inference_url() -> str | None:
+    """The chat endpoint the environment sets, by the module's precedence; None: W&B's.
+    ``ChatWandb``'s default ``base_url`` (LangChain reads settings from the environment when
+    the model is built)."""
+    return _endpoint(None, None, ENV_INFERENCE_BASE_URL)
 
 
 def _flag(value: str | None) -> bool | None:

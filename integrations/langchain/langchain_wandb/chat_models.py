@@ -39,7 +39,7 @@ from langchain_wandb.messages import (
 from wandb_serverless import calls, profiles, tokens
 from wandb_serverless import chat as protocol
 from wandb_serverless.api.client import openai_client
-from wandb_serverless.config import Settings
+from wandb_serverless.config import Settings, env_inference_url
 
 
 class ChatWandb(BaseChatModel, protocol.SamplingFields):
@@ -112,12 +112,9 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
         default_factory=secret_from_env("WANDB_API_KEY", default=None)
     )
     """W&B API key; read from WANDB_API_KEY when not given."""
-    base_url: str | None = Field(
-        default_factory=from_env(
-            ["WANDB_INFERENCE_BASE_URL", "WANDB_SERVERLESS_BASE_URL"], default=None
-        )
-    )
-    """Chat endpoint; defaults to W&B Inference."""
+    base_url: str | None = Field(default_factory=env_inference_url)
+    """Chat endpoint; from WANDB_INFERENCE_BASE_URL, else WANDB_SERVERLESS_BASE_URL, else W&B
+    Inference (``wandb_serverless.config`` holds the one precedence)."""
     project: str | None = Field(default_factory=from_env("WANDB_PROJECT", default=None))
     """``entity/project`` for usage attribution (the ``OpenAI-Project`` header)."""
     timeout: float | None = Field(default=None, alias="request_timeout")
@@ -443,7 +440,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
                 ls_structured_output_format=output_format,
             )
             parser: Runnable = (
-                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
                 if is_pydantic
                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
@@ -459,7 +456,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             )
             parser = (
                 PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
-            )  # type: ignore[arg-type]
+            )
         else:
             raise ValueError(
                 f"method must be json_schema, function_calling or json_mode, got {method!r}"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wandb_serverless.api import Client
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def client(args: argparse.Namespace) -> Any:
+def client(args: argparse.Namespace) -> Client:
     from wandb_serverless.api import Client
 
     return Client(api_key=args.api_key, base_url=args.base_url, max_retries=2)
@@ -25,7 +28,9 @@ def api_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     """A command that talks to the API (its base URL and key)."""
     command = sub.add_parser(name, help=help, description=help)
     command.add_argument(
-        "--base-url", help="API base URL (default: W&B, or WANDB_SERVERLESS_BASE_URL)"
+        "--base-url",
+        help="API base URL (default: WANDB_TRAINING_BASE_URL, else WANDB_SERVERLESS_BASE_URL, "
+        "else W&B)",
     )
     command.add_argument("--api-key", help="API key (default: WANDB_API_KEY)")
     return command
