@@ -25,7 +25,7 @@ from wandb_serverless.chat.parse import (
     as_dict,
     parse_completion,
 )
-from wandb_serverless.chat.protocol import build_request, check_finish
+from wandb_serverless.chat.protocol import LengthLimitError, build_request, check_finish
 from wandb_serverless.rollouts.recorder import current_rollout, record_turn, tokens_wanted
 from wandb_serverless.usage import record_usage
 
@@ -49,7 +49,8 @@ class Reply:
 
 
 def complete(client: openai.OpenAI, request: dict[str, Any]) -> Reply:
-    """Post a non-streaming request; the first choice is recorded inside a rollout."""
+    """Post a non-streaming request; inside a rollout the first choice is recorded (with
+    ``n > 1`` the others are counted on the rollout, see ``Rollout.note_unrecorded_choices``)."""
     return _reply(request, transport.post(client, request))
 
 
@@ -73,6 +74,9 @@ def _reply(request: dict[str, Any], raw: Any) -> Reply:
             token_ids=choice.get("token_ids"),
             prompt_token_ids=first.metadata.get("prompt_token_ids"),
         )
+        run = current_rollout()
+        if run is not None and len(completions) > 1:
+            run.note_unrecorded_choices(len(completions) - 1)
     for completion in completions:  # structured output the length limit cut: a clear error
         used = completion.usage.output_tokens if completion.usage else None
         check_finish(request, completion.finish_reason, used)
@@ -97,7 +101,11 @@ class TurnStream:
         if delta.usage is not None:
             usage = delta.usage
             record_usage(self.request.get("model"), usage.input_tokens, usage.output_tokens)
-        check_finish(self.request, delta.finish_reason)
+        try:
+            check_finish(self.request, delta.finish_reason)
+        except LengthLimitError:  # recorded first, as a non-streamed turn is, then raised
+            self._finished()
+            raise
         return delta
 
     def __iter__(self) -> Iterator[Delta]:
@@ -119,6 +127,7 @@ class TurnStream:
     def _finished(self) -> None:
         turn = self.turn
         if self._record and turn is not None:
+            self._record = False  # once: an error's recording is not repeated at the end
             record_turn(
                 self.request["messages"],
                 self.request.get("tools"),

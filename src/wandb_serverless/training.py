@@ -20,7 +20,7 @@ from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingCo
 from wandb_serverless.config import wandb_sdk
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import sft_row
-from wandb_serverless.rollouts.trajectory import Trajectory, TrajectoryGroup
+from wandb_serverless.trajectory import Trajectory, TrajectoryGroup
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class TrainableModel:
         self.id, self.entity, self.run_id = created.id, created.entity, created.run_id
         self.history_path = Path(history_dir) / f"{self.entity}-{project}-{name}.jsonl"
         self.progress = progress
+        self._has_checkpoint = False  # once one exists, ``ref`` is ``:latest`` for good
 
     @classmethod
     def from_id(
@@ -135,8 +136,9 @@ class TrainableModel:
     def ref(self) -> str:
         """``wandb-artifact:///entity/project/name:latest`` (always the newest checkpoint) once
         there is one; the base model before that (W&B has no ``:latest`` yet). A chat model
-        built from ``ref`` after the first step follows every later one."""
-        if self.latest_step() == 0:
+        built from ``ref`` after the first step follows every later one. Asks the server only
+        until this object has seen a checkpoint (a training step here, or an earlier ask)."""
+        if not self._has_checkpoint and self.latest_step() == 0:
             return self.base_model
         return str(CheckpointRef.of(self.entity, self.project, self.name))
 
@@ -170,8 +172,11 @@ class TrainableModel:
         return sorted(c.step for c in self.client.checkpoints.iter(self.id))
 
     def latest_step(self) -> int:
+        """The newest checkpoint's step (0: none yet), asked of the server."""
         page = self.client.checkpoints.list(self.id, limit=1, order="desc")
-        return page.data[0].step if page.data else 0
+        step = page.data[0].step if page.data else 0
+        self._has_checkpoint = self._has_checkpoint or step > 0
+        return step
 
     @property
     def hosted(self) -> bool:

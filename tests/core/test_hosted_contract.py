@@ -119,6 +119,7 @@ def test_registration_without_return_existing_is_not_retried(hosted):
     assert len(hosted.calls("POST", "/preview/models")) == 1
 
 
+@pytest.mark.slow
 def test_creating_waits_longer_than_the_other_calls(hosted):
     hosted.on("POST", "/preview/models", Reply(200, MODEL, delay=1.5))
     hosted.on("GET", "/preview/models/m-1/checkpoints", Reply(200, {"data": []}, delay=1.5))
@@ -217,3 +218,30 @@ def test_a_404_from_the_default_host_says_the_service_may_have_moved():
     request = httpx.Request("GET", DEFAULT_TRAINING_BASE_URL + "/preview/base-models")
     error = error_for_response(httpx.Response(404, json={"detail": "Not Found"}, request=request))
     assert "forge.coreweave.com" in str(error) and "WANDB_TRAINING_BASE_URL" in str(error)
+
+
+def test_ref_asks_for_the_step_only_until_a_checkpoint_exists(hosted, monkeypatch, tmp_path):
+    """An empty page with null ids (OpenAI's shape) is an empty page; ``ref`` stops asking once
+    a checkpoint exists, and one training step reads the new step once."""
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=FakeRun(), init=None))
+    empty = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    step = {"data": [{"id": "c1", "step": 1, "metrics": {}}], "has_more": False}
+    hosted.on("POST", "/preview/models", Reply(200, MODEL))
+    hosted.on("GET", "/preview/models/m-1/checkpoints", Reply(200, empty), Reply(200, empty))
+    hosted.on("GET", "/preview/models/m-1/checkpoints", Reply(200, step))
+    hosted.on("POST", "/preview/training-jobs", Reply(200, {"id": "job-1"}))
+    ended = [{"id": "e1", "type": "training_ended", "data": {"step": 1}}]
+    hosted.on(
+        "GET", "/preview/training-jobs/job-1/events", Reply(200, {"data": ended, "has_more": False})
+    )
+    tm = TrainableModel(
+        "agent", "p", "b", client=Client(base_url=hosted.url), progress=False, history_dir=tmp_path
+    )
+    assert tm.ref == tm.ref == "b"  # no checkpoint yet: asked each time
+    reads = len(hosted.calls("GET", "/preview/models/m-1/checkpoints"))
+    assert reads == 2
+    group = TrajectoryGroup(trajectories=[Trajectory(reward=1.0), Trajectory(reward=0.0)])
+    assert tm.train_rl([group]).step == 1
+    assert tm.ref == tm.ref == "wandb-artifact:///team/p/agent:latest"
+    assert len(hosted.calls("GET", "/preview/models/m-1/checkpoints")) == reads + 1

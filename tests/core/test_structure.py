@@ -74,6 +74,15 @@ def test_the_chat_protocol_knows_nothing_of_rollouts():
     assert not {m for m in used if m.startswith("wandb_serverless.rollouts")}
 
 
+def test_the_api_client_knows_nothing_of_the_recorder():
+    """The training API's client and types use the trajectory data model, not the package
+    that records and stores rollouts (issue 28)."""
+    api = [name for name in MODULES if name.startswith("wandb_serverless.api")]
+    used = set().union(*(_reachable(name) for name in api))
+    assert "wandb_serverless.trajectory" in used
+    assert not {m for m in used if m.startswith("wandb_serverless.rollouts")}
+
+
 def test_adapters_and_hooks_do_not_import_each_other():
     assert "langchain_wandb.callbacks" not in _reachable("langchain_wandb.chat_models")
     assert "llama_index.llms.wandb.instrumentation" not in _reachable("llama_index.llms.wandb.base")

@@ -283,3 +283,66 @@ def test_langgraph_agent_with_two_tools_reaches_a_final_answer(backend):
     )
     final = result["messages"][-1]
     assert final.type == "ai" and final.content and not final.tool_calls
+
+
+# -- what a rollout records at the edges (issue 28) -------------------------------------------
+
+
+def _chunk(delta: dict, finish: str | None = None, **extra) -> dict:
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "served",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}],
+    }
+
+
+def test_a_streamed_structured_output_cut_by_length_is_recorded_before_it_raises(fault_server):
+    """As the non-streamed path does: the turn is in the rollout, then the clear error."""
+    from wandb_serverless.chat.protocol import LengthLimitError
+    from wandb_serverless.rollouts import rollout
+
+    def logprobs(*tokens: str) -> dict:
+        return {"content": [{"token": t, "logprob": -0.5, "top_logprobs": []} for t in tokens]}
+
+    body = sse(
+        _chunk(
+            {"role": "assistant", "content": '{"answer": "fo'},
+            token_ids=[5, 6],
+            logprobs=logprobs('{"answer": "', "fo"),
+        ),
+        _chunk({"content": "o"}, "length", token_ids=[7], logprobs=logprobs("o")),
+    )
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+    )
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    llm = fake(fault_server, streaming=True, max_tokens=3).bind(
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    )
+    with rollout() as run, pytest.raises(LengthLimitError):
+        for _ in llm.stream("answer in JSON"):
+            pass
+    (call,) = run.calls
+    assert call.choice["finish_reason"] == "length"
+    assert call.choice["message"]["content"] == '{"answer": "foo'
+    assert call.choice["token_ids"] == [5, 6, 7]
+
+
+def test_n_choices_in_a_rollout_record_the_first_and_count_the_rest(fault_server, caplog):
+    from wandb_serverless.rollouts import rollout
+
+    reply = completion({"content": "first"})
+    reply["choices"].append(
+        {"index": 1, "message": {"role": "assistant", "content": "second"}, "finish_reason": "stop"}
+    )
+    fault_server.on("POST", "/chat/completions", Reply(200, reply))
+    llm = fake(fault_server, n=2)
+    with caplog.at_level(logging.WARNING), rollout() as run:
+        llm.invoke("hi")
+        llm.invoke("hi again")
+    assert [c.choice["content"] for c in run.calls] == ["first", "first"]
+    assert run.trajectory.metadata["unrecorded_choices"] == 2
+    warned = [r for r in caplog.records if "n > 1" in r.getMessage()]
+    assert len(warned) == 1  # once per rollout, not per call

@@ -59,12 +59,15 @@ class FaultServer:
                 reply = server._next(record)
                 if reply.delay:
                     time.sleep(reply.delay)
-                payload = json.dumps(reply.body).encode() if reply.body is not None else b""
+                if isinstance(reply.body, str):  # as it is (an SSE stream, a broken body)
+                    payload = reply.body.encode()
+                else:
+                    payload = json.dumps(reply.body).encode() if reply.body is not None else b""
+                headers = {"content-type": "application/json", **reply.headers}
                 try:
                     self.send_response(reply.status)
-                    self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(payload)))
-                    for key, value in reply.headers.items():
+                    for key, value in headers.items():
                         self.send_header(key, value)
                     self.end_headers()
                     self.wfile.write(payload)
@@ -77,7 +80,9 @@ class FaultServer:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
 
     def on(self, method: str, path: str, *replies: Reply) -> FaultServer:
