@@ -13,3 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 pytest_plugins = ["support.fixtures"]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests that need the real model (the ``backend`` fixture, directly or through another)
+    are marked ``model``: ``make test-fast`` leaves them out."""
+    for item in items:
+        if "backend" in getattr(item, "fixturenames", ()):
+            item.add_marker("model")

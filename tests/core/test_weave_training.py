@@ -179,6 +179,7 @@ def test_four_writer_processes_1000_rollouts_two_trainers_each_rollout_trains_on
     assert any(len(names) == 2 for names in claimed_by.values()), "the trainers never raced"
 
 
+@pytest.mark.slow
 def test_a_restart_after_a_crash_mid_step_trains_what_did_not_train(tmp_path, trace):
     client = trace.connect()
     write(client, "a", 0.0, 2)
@@ -201,6 +202,7 @@ def test_a_restart_after_a_crash_mid_step_trains_what_did_not_train(tmp_path, tr
     assert again.step() is None and len(recorder.trained) == 4
 
 
+@pytest.mark.slow
 def test_a_restart_after_the_step_trained_marks_and_never_retrains(tmp_path, trace):
     client = trace.connect()
     write(client, "a", 0.0, 2)
@@ -227,6 +229,7 @@ def test_a_restart_after_the_step_trained_marks_and_never_retrains(tmp_path, tra
     assert sum(f["feedback_type"] == TRAINED for f in trace.server.feedback) == 3
 
 
+@pytest.mark.slow
 def test_a_live_claim_of_another_trainer_is_respected_until_its_lease_ends(tmp_path, trace):
     client = trace.connect()
     write(client, "a", 0.0, 1)
@@ -260,6 +263,7 @@ def test_a_live_claim_of_another_trainer_is_respected_until_its_lease_ends(tmp_p
     assert dead.trained == []
 
 
+@pytest.mark.slow
 def test_small_groups_wait_for_more_rollouts(tmp_path, trace):
     client = trace.connect()
     write(client, "a", 0.0, 1)

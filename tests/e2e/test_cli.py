@@ -218,6 +218,7 @@ def test_bad_input_is_one_clear_line_and_an_exit_code(backend, args, code, messa
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_listing_cut_short_by_head_is_not_an_error(tmp_path):
     """`rollouts list | head -1` under `set -o pipefail`: the reader closing the pipe early
     is the normal end of a pipeline, not a failure (three times: it used to fail 2 in 3)."""

@@ -63,6 +63,7 @@ def growth_kb(call, runs: int = RUNS) -> float:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_a_langchain_handler_keeps_nothing_per_run_once_warmed_up(instant):
     llm = ChatWandb(model="m", base_url=instant, api_key="k")
     handler = RolloutCallbackHandler().install()
@@ -96,6 +97,7 @@ def test_a_tool_that_fails_on_its_own_closes_its_run():
     assert [t.metadata.get("exception_type") for t in handler.trajectories] == ["RuntimeError"] * 3
 
 
+@pytest.mark.slow
 def test_a_llamaindex_handler_closes_each_agent_run_and_keeps_nothing_per_run(instant):
     llm = WandbLLM(model="m", base_url=instant, api_key="k")
     handler = RolloutEventHandler().install()
