@@ -21,6 +21,7 @@ from wandb_serverless.config import wandb_sdk
 from wandb_serverless.models import CheckpointRef
 from wandb_serverless.rollouts.store import sft_row
 from wandb_serverless.trajectory import Trajectory, TrajectoryGroup
+from wandb_serverless.wandb_run import open_run
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class TrainableModel:
         self.history_path = Path(history_dir) / f"{self.entity}-{project}-{name}.jsonl"
         self.progress = progress
         self._has_checkpoint = False  # once one exists, ``ref`` is ``:latest`` for good
+        self._wandb_run: Any = None  # opened on the first metrics (wandb_run.open_run)
+        self._owns_run = False
 
     @classmethod
     def from_id(
@@ -202,7 +205,9 @@ class TrainableModel:
             step = self.latest_step()
             log.warning("no group has reward variance: nothing to train, staying at step %d", step)
             return TrainResult(step, dropped_groups=dropped)
-        result = self.wait(self.submit_rl(kept, config))
+        rewards = [t.reward for g in kept for t in g.trajectories]
+        reward = sum(rewards) / len(rewards)  # the reward curve, beside the job's metrics
+        result = self._follow(self.submit_rl(kept, config), "RL step", reward)
         result.dropped_groups = dropped
         return result
 
@@ -258,52 +263,56 @@ class TrainableModel:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            run = wandb.init(
-                entity=self.entity,
-                project=self.project,
-                id=self.run_id or self.name,
-                resume="allow",
-                settings=wandb.Settings(api_key=self.client.settings.require_api_key()),
-            )
             artifact = wandb.Artifact(
                 name, type="dataset", metadata={"format": "jsonl", "num_rows": len(rows)}
             )
             artifact.add_file(str(path), name="train.jsonl")
-            logged = run.log_artifact(artifact)
+            logged = self._run().log_artifact(artifact)
             logged.wait()
-            run.finish()
         return f"wandb-artifact:///{self.entity}/{self.project}/{name}:{logged.version}"
 
-    def _follow(self, job_id: str, label: str) -> TrainResult:
+    def _follow(self, job_id: str, label: str, reward: float | None = None) -> TrainResult:
         metrics = follow_job(self.client, job_id, f"{label} {self.name}", progress=self.progress)
         result = TrainResult(self.latest_step(), metrics, job_id)
-        self._record(label, result)
+        logged = {f"train/{k}": v for k, v in result.metrics.items()}
+        if reward is not None:
+            logged["train/reward"] = reward
+        self.log_metrics(result.step, logged, kind=label)
         return result
 
     # -- history -----------------------------------------------------------------------------
 
-    def _record(self, label: str, result: TrainResult) -> None:
-        self.log_metrics(
-            result.step, {f"train/{k}": v for k, v in result.metrics.items()}, kind=label
-        )
-
     def log_metrics(self, step: int, metrics: dict[str, float], *, kind: str = "eval") -> None:
-        """Append to the local JSONL history (and the model's W&B run when hosted)."""
+        """Append to the local JSONL history and log to the model's W&B run (online on W&B,
+        offline for local training without a W&B key: see ``wandb_serverless.wandb_run``)."""
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
         with self.history_path.open("a") as handle:
             handle.write(
                 json.dumps({"time": time.time(), "step": step, "kind": kind, **metrics}) + "\n"
             )
-        if self.hosted:
-            wandb = wandb_sdk("logging metrics to the model's W&B run")
-            run = wandb.run or wandb.init(
+        run = self._run()
+        if run is not None:
+            run.log(metrics, step=step)
+
+    def _run(self) -> Any:
+        """The model's W&B run (``wandb_run``), opened once; None: JSONL only."""
+        if self._wandb_run is None:
+            self._wandb_run, self._owns_run = open_run(
+                hosted=self.hosted,
+                service_key=self.client.settings.require_api_key(),
                 entity=self.entity,
                 project=self.project,
-                id=self.run_id or self.name,
-                resume="allow",
-                settings=wandb.Settings(api_key=self.client.settings.require_api_key()),
+                run_id=self.run_id or self.name,
+                directory=self.history_path.parent,
             )
-            run.log(metrics, step=step)
+        return self._wandb_run
+
+    def finish_run(self) -> None:
+        """Close the model's W&B run (an offline run is then complete for ``wandb sync``);
+        the next metrics open a new one. Also done by wandb itself at exit."""
+        if self._wandb_run is not None and self._owns_run:
+            self._wandb_run.finish()
+        self._wandb_run = None
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():

@@ -4,6 +4,7 @@ local backend)."""
 
 from __future__ import annotations
 
+import base64
 import sys
 import types
 
@@ -245,3 +246,24 @@ def test_ref_asks_for_the_step_only_until_a_checkpoint_exists(hosted, monkeypatc
     assert tm.train_rl([group]).step == 1
     assert tm.ref == tm.ref == "wandb-artifact:///team/p/agent:latest"
     assert len(hosted.calls("GET", "/preview/models/m-1/checkpoints")) == reads + 1
+
+
+def test_the_default_entity_is_asked_through_the_real_wandb_sdk(fault_server, monkeypatch):
+    """The wandb SDK itself (not a fake module), pointed at a loopback stand-in for W&B's
+    GraphQL API with WANDB_BASE_URL: the key goes as W&B's basic auth, the viewer's entity
+    becomes the project's."""
+    monkeypatch.setattr(config, "_DEFAULT_ENTITIES", {})
+    monkeypatch.setenv("WANDB_BASE_URL", fault_server.url)
+    for name in ("WANDB_ENTITY", "WANDB_SERVERLESS_LOCAL", "WANDB_SERVERLESS_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    viewer = {"data": {"viewer": {"id": "u1", "entity": "team", "username": "me", "flags": "{}"}}}
+    fault_server.on("POST", "/graphql", Reply(200, viewer))
+    key = "k" * 40  # the SDK itself refuses keys shorter than W&B's
+    settings = Settings.resolve(api_key=key, project="agents")
+    assert settings.openai_project == "team/agents"
+    asked = fault_server.calls("POST", "/graphql")
+    assert asked and all(
+        r.headers["authorization"] == "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+        for r in asked
+    )
+    assert any("viewer" in r.body["query"] for r in asked)

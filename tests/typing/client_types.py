@@ -12,6 +12,7 @@ from typing import assert_type
 import openai
 
 from wandb_serverless.api import AsyncClient, Client
+from wandb_serverless.api.client import openai_client
 from wandb_serverless.api.types import (
     CheckpointResponse,
     ModelResponse,
@@ -19,7 +20,6 @@ from wandb_serverless.api.types import (
     TrainingJobEvent,
     TrainingJobResponse,
 )
-from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings
 
 
