@@ -18,7 +18,7 @@ from langchain_core.exceptions import (
 
 def map_error(exc: openai.APIError) -> Exception:
     """openai errors → langchain-core's model errors (both isinstance checks keep working)."""
-    message = str(exc)
+    message = _message(exc)
     if isinstance(exc, openai.APITimeoutError):
         cls: type[Exception] = ModelTimeoutError
     elif isinstance(exc, openai.APIConnectionError):
@@ -42,6 +42,17 @@ def map_error(exc: openai.APIError) -> Exception:
     mapped = _combined(cls, type(exc))(message)
     mapped.__dict__.update(exc.__dict__)
     return mapped
+
+
+def _message(exc: openai.APIError) -> str:
+    """The error's text with the server's own words: openai 3 puts only an OpenAI-shaped
+    ``{"error": {"message"}}`` in it, not FastAPI's ``{"detail"}`` (W&B's shape)."""
+    message = str(exc)
+    body = exc.body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str) and detail not in message:
+        message = f"{message} - {detail}"
+    return message
 
 
 _COMBINED: dict[tuple[type[Exception], type[Exception]], type[Exception]] = {}
