@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,7 @@ class TrainableModel:
         self._has_checkpoint = False  # once one exists, ``ref`` is ``:latest`` for good
         self._wandb_run: Any = None  # opened on the first metrics (wandb_run.open_run)
         self._owns_run = False
+        self._run_finalizer: weakref.finalize | None = None
 
     @classmethod
     def from_id(
@@ -305,13 +307,17 @@ class TrainableModel:
                 run_id=self.run_id or self.name,
                 directory=self.history_path.parent,
             )
+            if self._owns_run:  # a process that trains model after model keeps no run open
+                self._run_finalizer = weakref.finalize(self, self._wandb_run.finish)
+                self._run_finalizer.atexit = False  # wandb finishes its runs at exit itself
         return self._wandb_run
 
     def finish_run(self) -> None:
         """Close the model's W&B run (an offline run is then complete for ``wandb sync``);
         the next metrics open a new one. Also done by wandb itself at exit."""
-        if self._wandb_run is not None and self._owns_run:
-            self._wandb_run.finish()
+        if self._run_finalizer is not None:
+            self._run_finalizer()  # runs once: finish now, never again at collection
+            self._run_finalizer = None
         self._wandb_run = None
 
     def history(self) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 On W&B the run is online (``wandb.init(entity, project, id=run_id, resume="allow")`` with the
 key passed explicitly). Local training logs too: to an offline run in the history directory
-(``wandb sync <dir>/wandb/offline-run-*`` uploads it later) unless a W&B key other than the
-local backend's is set (``WANDB_API_KEY``): then online. ``WANDB_MODE`` (``offline``,
+(``wandb sync <dir>/wandb/offline-run-*`` uploads it later; one run per ``TrainableModel``
+object, grouped under the model's name, finished when the object goes) unless a W&B key other
+than the local backend's is set (``WANDB_API_KEY``): then online. ``WANDB_MODE`` (``offline``,
 ``disabled``) overrides both, as everywhere in W&B. Without the ``wandb`` SDK, local training
 keeps its JSONL history only (said once); hosted training needs the SDK.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +62,15 @@ def open_run(
     options: dict[str, Any] = {"entity": entity, "project": project, "id": run_id}
     if hosted:
         options["resume"] = "allow"
-    else:  # several models may train in one process: each its own run
+    else:  # each TrainableModel its own run (W&B refuses one ID twice at a time), grouped
         directory.mkdir(parents=True, exist_ok=True)
-        options.update(dir=str(directory), reinit="create_new", job_type="local-training")
+        options.update(
+            id=f"{run_id}-{uuid.uuid4().hex[:8]}",
+            group=run_id,
+            dir=str(directory),
+            reinit="create_new",
+            job_type="local-training",
+        )
     if mode is not None:
         options["mode"] = mode
     settings: dict[str, Any] = {"api_key": key} if key else {}

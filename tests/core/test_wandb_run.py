@@ -61,7 +61,9 @@ def test_local_training_logs_metrics_and_rewards_to_an_offline_wandb_run(
     tm.finish_run()
 
     (log_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    assert run_info(log_file) == {"entity": "me", "project": "p", "id": "agent"}
+    info = run_info(log_file)  # one run per TrainableModel, grouped under the model's name
+    assert (info["entity"], info["project"], info["group"]) == ("me", "p", "agent")
+    assert info["id"].startswith("agent-")
     rows = [r for r in history(log_file) if "train/loss" in r]
     assert [(r["_step"], r["train/loss"], r["train/reward"]) for r in rows] == [
         (1, 0.5, 0.5),
@@ -97,3 +99,25 @@ def test_the_run_is_online_only_with_a_wandb_key(monkeypatch, hosted, env, expec
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert run_mode(hosted=hosted, service_key=KEY) == expected
+
+
+def test_two_objects_for_one_model_in_one_process_each_log(fault_server, monkeypatch, tmp_path):
+    """W&B refuses a run ID already in use: each TrainableModel logs to its own run, grouped."""
+    monkeypatch.setenv("WANDB_SERVERLESS_LOCAL", "1")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    fault_server.on("POST", "/preview/models", Reply(200, MODEL))
+    client = Client(api_key=KEY, base_url=fault_server.url)
+    first, second = (
+        TrainableModel("agent", "p", "b", client=client, progress=False, history_dir=tmp_path)
+        for _ in range(2)
+    )
+    first.log_metrics(1, {"eval/score": 0.5})
+    second.log_metrics(1, {"eval/score": 0.75})
+    first.finish_run()
+    second.finish_run()
+    logs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2
+    assert {run_info(p)["group"] for p in logs} == {"agent"}
+    scores = sorted(r["eval/score"] for p in logs for r in history(p) if "eval/score" in r)
+    assert scores == [0.5, 0.75]

@@ -55,9 +55,14 @@ def history(path: Path) -> list[dict[str, Any]]:
 
 
 def run_info(path: Path) -> dict[str, str]:
-    """The run's entity, project and id, as ``wandb.init`` recorded them."""
+    """The run's entity, project, id and group, as ``wandb.init`` recorded them."""
     for record in records(path):
         if record.WhichOneof("record_type") == "run":
             run = record.run
-            return {"entity": run.entity, "project": run.project, "id": run.run_id}
+            return {
+                "entity": run.entity,
+                "project": run.project,
+                "id": run.run_id,
+                "group": run.run_group,
+            }
     raise AssertionError(f"{path} holds no run record")
