@@ -137,6 +137,9 @@ class FakeRun:
     def log(self, metrics: dict, step: int) -> None:
         self.logged.append((step, metrics))
 
+    def finish(self) -> None:
+        self.finished = True
+
 
 def test_trainable_model_sends_the_hosted_sequence(hosted, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_ENTITY", "team")

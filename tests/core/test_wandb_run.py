@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.fault_server import Reply
-from support.wandb_offline import history, run_info
+from support.wandb_offline import finished, history, run_info
 
 from wandb_serverless.api import Client
 from wandb_serverless.training import TrainableModel
@@ -60,7 +60,7 @@ def test_local_training_logs_metrics_and_rewards_to_an_offline_wandb_run(
     tm.train_rl([better])
     tm.finish_run()
 
-    (log_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    (log_file,) = (finished(p) for p in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     info = run_info(log_file)  # one run per TrainableModel, grouped under the model's name
     assert (info["entity"], info["project"], info["group"]) == ("me", "p", "agent")
     assert info["id"].startswith("agent-")
@@ -116,7 +116,7 @@ def test_two_objects_for_one_model_in_one_process_each_log(fault_server, monkeyp
     second.log_metrics(1, {"eval/score": 0.75})
     first.finish_run()
     second.finish_run()
-    logs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    logs = sorted(finished(p) for p in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 2
     assert {run_info(p)["group"] for p in logs} == {"agent"}
     scores = sorted(r["eval/score"] for p in logs for r in history(p) if "eval/score" in r)

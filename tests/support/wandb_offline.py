@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,20 @@ def records(path: Path) -> list[Any]:
             record.ParseFromString(pending)
             out.append(record)
     return out
+
+
+def finished(path: Path, timeout: float = 30.0) -> Path:
+    """``path`` once its run's ``exit`` record is on disk: wandb's core writes the log in the
+    background, and ``run.finish()`` can return before the last bytes land under load."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kinds = [r.WhichOneof("record_type") for r in records(path)]
+        except Exception:  # a record being written: read again
+            kinds = []
+        if "exit" in kinds or time.monotonic() > deadline:
+            return path
+        time.sleep(0.1)
 
 
 def history(path: Path) -> list[dict[str, Any]]:

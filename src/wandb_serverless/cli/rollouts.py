@@ -6,15 +6,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wandb_serverless.cli.common import (
     EXIT_OK,
     print_json,
 )
 
+if TYPE_CHECKING:  # imported when used: the CLI starts fast
+    from wandb_serverless.rollouts import RolloutStore
+    from wandb_serverless.rollouts.weave_source import WeaveRollouts
 
-def _store(args: argparse.Namespace) -> Any:
+
+def _store(args: argparse.Namespace) -> RolloutStore:
     from wandb_serverless.rollouts import RolloutStore
 
     if not Path(args.store).exists():
@@ -51,7 +55,7 @@ def _rollouts_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def weave_rollouts(args: argparse.Namespace) -> Any:
+def weave_rollouts(args: argparse.Namespace) -> WeaveRollouts:
     from wandb_serverless.rollouts.weave_source import WeaveRollouts
 
     return WeaveRollouts(args.from_weave)

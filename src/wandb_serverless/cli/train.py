@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wandb_serverless.cli.common import (
     EXIT_OK,
@@ -16,8 +16,11 @@ from wandb_serverless.cli.common import (
 )
 from wandb_serverless.cli.rollouts import weave_rollouts
 
+if TYPE_CHECKING:  # imported when used: the CLI starts without torch or the SDK clients
+    from wandb_serverless.training import TrainableModel
 
-def _model(args: argparse.Namespace) -> Any:
+
+def _model(args: argparse.Namespace) -> TrainableModel:
     """The TrainableModel the training commands work on: by ID (on a local backend, which
     lists its models) or by name, project and base model (anywhere: W&B has no lookup by ID)."""
     from wandb_serverless.training import TrainableModel
