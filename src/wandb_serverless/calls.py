@@ -48,47 +48,63 @@ class Reply:
     completions: list[Completion]
 
 
-def complete(client: openai.OpenAI, request: dict[str, Any]) -> Reply:
+def complete(client: openai.OpenAI, request: dict[str, Any], *, role: str | None = None) -> Reply:
     """Post a non-streaming request; inside a rollout the first choice is recorded (with
-    ``n > 1`` the others are counted on the rollout, see ``Rollout.note_unrecorded_choices``)."""
-    return _reply(request, transport.post(client, request))
+    ``n > 1`` the others are counted on the rollout, see ``Rollout.note_unrecorded_choices``),
+    labelled with ``role`` when given."""
+    return _reply(request, transport.post(client, request), role)
 
 
-async def acomplete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> Reply:
-    return _reply(request, await transport.post(client, request))
+async def acomplete(
+    client: openai.AsyncOpenAI, request: dict[str, Any], *, role: str | None = None
+) -> Reply:
+    return _reply(request, await transport.post(client, request), role)
 
 
-def _reply(request: dict[str, Any], raw: Any) -> Reply:
+def _reply(request: dict[str, Any], raw: Any, role: str | None) -> Reply:
     completions = parse_completion(raw)
-    if completions:
-        first = completions[0]
-        if first.usage is not None:  # the whole response's usage, on every choice
-            record_usage(request.get("model"), first.usage.input_tokens, first.usage.output_tokens)
-        choice = first.raw_choice
-        record_turn(
-            request["messages"],
-            request.get("tools"),
-            choice.get("message") or {},
-            finish_reason=first.finish_reason,
-            logprobs=choice.get("logprobs"),
-            token_ids=choice.get("token_ids"),
-            prompt_token_ids=first.metadata.get("prompt_token_ids"),
-        )
-        run = current_rollout()
-        if run is not None and len(completions) > 1:
-            run.note_unrecorded_choices(len(completions) - 1)
+    record_reply(request, completions, role)
     for completion in completions:  # structured output the length limit cut: a clear error
         used = completion.usage.output_tokens if completion.usage else None
         check_finish(request, completion.finish_reason, used)
     return Reply(as_dict(raw), completions)
 
 
+def record_reply(
+    request: dict[str, Any], completions: list[Completion], role: str | None = None
+) -> None:
+    """Count a parsed response's usage and record its first choice as the rollout's turn."""
+    if not completions:
+        return
+    first = completions[0]
+    if first.usage is not None:  # the whole response's usage, on every choice
+        record_usage(request.get("model"), first.usage.input_tokens, first.usage.output_tokens)
+    choice = first.raw_choice
+    record_turn(
+        request["messages"],
+        request.get("tools"),
+        choice.get("message") or {},
+        finish_reason=first.finish_reason,
+        logprobs=choice.get("logprobs"),
+        token_ids=choice.get("token_ids"),
+        prompt_token_ids=first.metadata.get("prompt_token_ids"),
+        model=request.get("model"),
+        role=role,
+    )
+    run = current_rollout()
+    if run is not None and len(completions) > 1:
+        run.note_unrecorded_choices(len(completions) - 1)
+
+
 class TurnStream:
     """A streamed turn: iterating gives each chunk's ``Delta``; ``turn`` holds the turn so far
     (when ``accumulate`` was asked, or a rollout is open: then it is recorded at the end)."""
 
-    def __init__(self, request: dict[str, Any], chunks: Any, accumulate: bool) -> None:
+    def __init__(
+        self, request: dict[str, Any], chunks: Any, accumulate: bool, role: str | None = None
+    ) -> None:
         self.request = request
+        self.role = role
         self._chunks = chunks
         self._record = current_rollout() is not None
         self.turn: StreamAccumulator | None = (
@@ -136,18 +152,28 @@ class TurnStream:
                 logprobs={"content": turn.logprobs} if turn.logprobs else None,
                 token_ids=turn.token_ids or None,
                 prompt_token_ids=turn.prompt_token_ids,
+                model=self.request.get("model"),
+                role=self.role,
             )
 
 
 def stream(
-    client: openai.OpenAI, request: dict[str, Any], *, accumulate: bool = False
+    client: openai.OpenAI,
+    request: dict[str, Any],
+    *,
+    accumulate: bool = False,
+    role: str | None = None,
 ) -> TurnStream:
     """Post a streaming request (sent now, its chunks read as the stream is iterated)."""
-    return TurnStream(request, transport.post(client, request), accumulate)
+    return TurnStream(request, transport.post(client, request), accumulate, role)
 
 
 async def astream(
-    client: openai.AsyncOpenAI, request: dict[str, Any], *, accumulate: bool = False
+    client: openai.AsyncOpenAI,
+    request: dict[str, Any],
+    *,
+    accumulate: bool = False,
+    role: str | None = None,
 ) -> TurnStream:
     """Post a streaming request; ``async for delta in await astream(...)``."""
-    return TurnStream(request, await transport.post(client, request), accumulate)
+    return TurnStream(request, await transport.post(client, request), accumulate, role)

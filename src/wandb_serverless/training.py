@@ -20,6 +20,7 @@ from wandb_serverless.api import APIStatusError, Client
 from wandb_serverless.api.types import ExperimentalTrainingConfig, SFTTrainingConfig
 from wandb_serverless.config import wandb_sdk
 from wandb_serverless.models import CheckpointRef
+from wandb_serverless.rollouts.credit import check_trainable_context, has_step_rewards, step_groups
 from wandb_serverless.rollouts.store import sft_row
 from wandb_serverless.trajectory import Trajectory, TrajectoryGroup
 from wandb_serverless.wandb_run import open_run
@@ -35,11 +36,17 @@ class TrainResult:
     dropped_groups: int = 0
 
 
-def trainable_groups(groups: Iterable[TrajectoryGroup | dict]) -> tuple[list[TrajectoryGroup], int]:
-    """Groups with reward variance (the others carry no gradient), and how many were dropped."""
+def trainable_groups(
+    groups: Iterable[TrajectoryGroup | dict], *, discount: float = 1.0
+) -> tuple[list[TrajectoryGroup], int]:
+    """Groups with reward variance (the others carry no gradient), and how many were dropped.
+    Groups whose turns carry step rewards become one group per turn position first, each turn
+    rewarded with its return (``rollouts.credit.step_groups``, ``discount`` a turn)."""
     parsed = [
         g if isinstance(g, TrajectoryGroup) else TrajectoryGroup.model_validate(g) for g in groups
     ]
+    if any(has_step_rewards(t) for g in parsed for t in g.trajectories):
+        parsed = step_groups(parsed, discount)
     kept = [g for g in parsed if g.has_signal()]
     return kept, len(parsed) - len(kept)
 
@@ -196,9 +203,13 @@ class TrainableModel:
         self,
         groups: Iterable[TrajectoryGroup | dict],
         config: ExperimentalTrainingConfig | dict | None = None,
+        *,
+        discount: float = 1.0,
     ) -> TrainResult:
-        """One RL step on these groups. Zero-variance groups are dropped (with a warning)."""
-        kept, dropped = trainable_groups(groups)
+        """One RL step on these groups. Zero-variance groups are dropped (with a warning).
+        Step rewards, when the turns carry some, are trained as returns (``discount`` a turn:
+        see ``rollouts.credit``)."""
+        kept, dropped = trainable_groups(groups, discount=discount)
         if dropped:
             log.warning(
                 "dropped %d of %d groups with no reward variance", dropped, dropped + len(kept)
@@ -220,6 +231,7 @@ class TrainableModel:
     ) -> str:
         """Create the RL job for these groups (as given: no group is dropped) and return its ID
         without waiting; ``wait(job_id)`` follows it. For loops that record the job first."""
+        check_trainable_context(groups, config)
         job = self.client.training_jobs.create(
             model_id=self.id, trajectory_groups=groups, experimental_config=config
         )

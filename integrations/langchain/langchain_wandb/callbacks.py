@@ -4,6 +4,10 @@ Pass ``RolloutCallbackHandler()`` in ``config={"callbacks": [...]}`` or install 
 ``RolloutCallbackHandler.install()``. Inside ``with rollout(...)`` every LLM call lands in that
 rollout; otherwise each root run (or each ``metadata={"rollout_id": ...}``) is one rollout,
 finished when its root run ends and kept in ``handler.trajectories`` (and the store).
+
+Each turn is labelled with the LangGraph node it ran in (its step, what
+``Rollout.reward_step`` rewards) and with ``metadata={"wandb_role": ...}`` of the model or run,
+if set (its role; ``ChatWandb(role=...)`` does the same).
 """
 
 from __future__ import annotations
@@ -172,8 +176,17 @@ class RolloutCallbackHandler(BaseCallbackHandler):
     ) -> None:
         def start() -> None:
             rollout = self._rollout(run_id, parent_run_id, metadata)
-            tools = (kwargs.get("invocation_params") or {}).get("tools") or None
-            self.hook.start_call(run_id, rollout, convert_messages_to_dicts(messages[0]), tools)
+            params = kwargs.get("invocation_params") or {}
+            meta = metadata or {}
+            self.hook.start_call(
+                run_id,
+                rollout,
+                convert_messages_to_dicts(messages[0]),
+                params.get("tools") or None,
+                model=params.get("model") or params.get("model_name") or meta.get("ls_model_name"),
+                role=meta.get("wandb_role"),
+                step=meta.get("wandb_step") or meta.get("langgraph_node"),
+            )
 
         self.guard.run(start)
 

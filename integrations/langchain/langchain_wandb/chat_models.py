@@ -127,6 +127,10 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     """Optional ``httpx.Client`` for the sync SDK client."""
     http_async_client: Any = Field(default=None, exclude=True)
     """Optional ``httpx.AsyncClient`` for the async SDK client."""
+    role: str | None = None
+    """The role this model's turns are recorded as in a multi-role agent (a planner, an
+    executor): ``RolloutStore.groups(role=...)`` trains each role's model on its own turns.
+    Not sent to the server."""
 
     temperature: float | None = None
     """Sampling temperature."""
@@ -310,7 +314,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         request = self._request(messages, stop, False, **kwargs)
         try:
-            return self._result(calls.complete(self._client(), request))
+            return self._result(calls.complete(self._client(), request, role=self.role))
         except openai.APIError as exc:
             raise map_error(exc) from exc
 
@@ -325,7 +329,9 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         request = self._request(messages, stop, False, **kwargs)
         try:
-            return self._result(await calls.acomplete(self._client(async_client=True), request))
+            return self._result(
+                await calls.acomplete(self._client(async_client=True), request, role=self.role)
+            )
         except openai.APIError as exc:
             raise map_error(exc) from exc
 
@@ -338,7 +344,7 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, True, **kwargs)
         try:
-            for delta in calls.stream(self._client(), request):
+            for delta in calls.stream(self._client(), request, role=self.role):
                 chunk = _generation_chunk(delta)
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -355,7 +361,9 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, True, **kwargs)
         try:
-            async for delta in await calls.astream(self._client(async_client=True), request):
+            async for delta in await calls.astream(
+                self._client(async_client=True), request, role=self.role
+            ):
                 chunk = _generation_chunk(delta)
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

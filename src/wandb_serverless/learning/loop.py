@@ -30,6 +30,7 @@ from wandb_serverless.learning.sampling import (
 from wandb_serverless.learning.sampling import RolloutFn as RolloutFn
 from wandb_serverless.learning.settings import check_settings
 from wandb_serverless.models import CheckpointRef
+from wandb_serverless.rollouts.credit import role_groups
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.training import TrainableModel, trainable_groups
 from wandb_serverless.trajectory import TrajectoryGroup
@@ -78,7 +79,9 @@ class LearningLoop:
     (``eval_samples`` seeded rollouts each: the same seeds for every checkpoint), and serves it
     as ``:{alias}`` only if its score is not worse than the served checkpoint's by more than
     ``tolerance``. Agents that should follow only promoted checkpoints build their model from
-    ``loop.served_ref``; ``on_step`` (a callable) gets each step's ``StepReport``.
+    ``loop.served_ref``; ``on_step`` (a callable) gets each step's ``StepReport``. With
+    ``role``, the loop trains that role's turns only (a multi-role agent: one loop a role);
+    step rewards train as returns discounted by ``step_discount`` a turn (``rollouts.credit``).
 
     While a step trains, the next one samples from the newest checkpoint (``sample_from=
     "latest"``) or the served one (``"promoted"``, when it is within ``max_steps_off_policy``
@@ -114,6 +117,8 @@ class LearningLoop:
         store: RolloutStore | None = None,
         seed: int = 0,
         progress: bool = True,
+        role: str | None = None,
+        step_discount: float = 1.0,
     ) -> None:
         check_settings(locals())
         self.model = model
@@ -126,6 +131,7 @@ class LearningLoop:
         self.rollout_timeout, self.concurrency = rollout_timeout, max_concurrent_rollouts
         self.train_config, self.score_group, self.seed = train_config, score_group, seed
         self.progress = progress
+        self.role, self.step_discount = role, step_discount
         self.state_dir = Path(state_dir)
         self.journal = Journal(self.state_dir / "history.jsonl")
         self.store = store or RolloutStore(self.state_dir / "rollouts.db")
@@ -260,7 +266,9 @@ class LearningLoop:
         report = StepReport.sampled(step, sample.record())
         base = await asyncio.to_thread(self.model.latest_step)
         fresh, report.dropped_stale_groups = fresh_groups(sample.groups, base, self.max_off)
-        kept, _ = trainable_groups(fresh)
+        if self.role is not None:  # the turns of this loop's role; the others are context
+            fresh = role_groups(fresh, self.role)
+        kept, _ = trainable_groups(fresh, discount=self.step_discount)
         report.groups, report.trainable_groups = len(sample.groups), len(kept)
         if not kept:
             reason = "no group's rewards differ" if fresh else "every group was too far off-policy"
@@ -417,7 +425,8 @@ class LearningLoop:
             "min_trainable_groups": self.min_trainable_groups,
             "eval_scenarios": len(self.eval_scenarios), "eval_samples": self.eval_samples,
             "tolerance": self.tolerance, "max_steps_off_policy": self.max_off,
-            "sample_from": self.sample_from, "seed": self.seed,
+            "sample_from": self.sample_from, "seed": self.seed, "role": self.role,
+            "step_discount": self.step_discount,
         }  # fmt: skip
 
     @contextlib.contextmanager

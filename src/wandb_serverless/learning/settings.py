@@ -39,6 +39,11 @@ def check_settings(args: dict[str, Any]) -> None:
     timeout = args["rollout_timeout"]
     if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
         raise ValueError(f"rollout_timeout must be > 0 seconds (or None), not {timeout!r}")
+    discount = args["step_discount"]
+    if not isinstance(discount, int | float) or not 0 <= discount <= 1:
+        raise ValueError(f"step_discount must be a number from 0 to 1, not {discount!r}")
+    if args["role"] is not None and (not isinstance(args["role"], str) or not args["role"]):
+        raise ValueError(f"role must be a role's name (or None), not {args['role']!r}")
     for name in ("rollout_fn", "eval_fn", "score_group"):
         if args[name] is not None and not callable(args[name]):
             raise ValueError(f"{name} must be callable, not {type(args[name]).__name__}")

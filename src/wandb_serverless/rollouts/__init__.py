@@ -1,6 +1,13 @@
 """Rollouts: trajectories, groups, recording and storage of agent runs."""
 
-from wandb_serverless.rollouts.recorder import LLMCall, Rollout, current_rollout, rollout
+from wandb_serverless.rollouts.recorder import (
+    LLMCall,
+    Rollout,
+    current_rollout,
+    role,
+    rollout,
+    step,
+)
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.rollouts.weave_source import WeaveRollouts
 from wandb_serverless.rollouts.weave_traces import WeaveTraces
@@ -17,5 +24,7 @@ __all__ = [
     "WeaveRollouts",
     "WeaveTraces",
     "current_rollout",
+    "role",
     "rollout",
+    "step",
 ]

@@ -24,6 +24,7 @@ from wandb_serverless.rollouts.recorder import (
     current_rollout,
     end_observation,
     observe_call,
+    turn_labels,
 )
 from wandb_serverless.rollouts.store import RolloutStore
 from wandb_serverless.trajectory import Trajectory
@@ -40,6 +41,7 @@ class _Pending:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
     observed: ObservedCall
+    labels: dict[str, Any]
 
 
 class HookRecorder:
@@ -85,9 +87,15 @@ class HookRecorder:
         rollout: Rollout,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
+        *,
+        model: str | None = None,
+        role: str | None = None,
+        step: str | None = None,
     ) -> None:
-        """A model call began: watched from here (the model layer asks for exact tokens)."""
-        pending = _Pending(rollout, messages, tools, observe_call())
+        """A model call began: watched from here (the model layer asks for exact tokens).
+        ``model``, ``role`` and ``step`` are what the framework says of the call."""
+        observed = observe_call(role=role, step=step)
+        pending = _Pending(rollout, messages, tools, observed, turn_labels(model))
         with self._lock:
             self._pending.setdefault(call, []).append(pending)
 
@@ -99,7 +107,9 @@ class HookRecorder:
             return
         choice = turn()
         if choice is not None:
-            pending.rollout.add_call(LLMCall(pending.messages, pending.tools, choice))
+            pending.rollout.add_call(
+                LLMCall(pending.messages, pending.tools, choice, pending.labels)
+            )
 
     def fail_call(self, call: Hashable, error: BaseException) -> None:
         pending = self._pop(call)

@@ -20,18 +20,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from wandb_serverless.rollouts.weave_export import WeaveNotReady
-from wandb_serverless.trajectory import (
-    NO_TURNS,
-    Choice,
-    History,
-    Trajectory,
-    choice_to_message,
-    message_or_choice,
+from wandb_serverless.rollouts.guard import RECORDING_GUARD, WEAVE_GUARD, HookGuard
+from wandb_serverless.rollouts.labels import (
+    ObservedCall,
+    _observed,
+    end_observation,
+    observe_call,
+    role,
+    step,
+    turn_labels,
 )
+from wandb_serverless.rollouts.turns import LLMCall, build_trajectory, make_choice, merge_calls
+from wandb_serverless.trajectory import NO_TURNS, Trajectory
 
 if TYPE_CHECKING:
     from wandb_serverless.rollouts.store import RolloutStore
+
+__all__ = [
+    "RECORDING_GUARD",
+    "WEAVE_GUARD",
+    "HookGuard",
+    "LLMCall",
+    "ObservedCall",
+    "Rollout",
+    "current_rollout",
+    "end_observation",
+    "make_choice",
+    "merge_calls",
+    "observe_call",
+    "record_turn",
+    "role",
+    "rollout",
+    "step",
+    "tokens_wanted",
+    "turn_labels",
+]
 
 log = logging.getLogger(__name__)
 _current: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
@@ -42,36 +65,6 @@ _current: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
 def current_rollout() -> Rollout | None:
     """The rollout open in this context, if any."""
     return _current.get()
-
-
-@dataclass
-class ObservedCall:
-    """A model call a trace hook is watching, between its start and end callbacks.
-
-    While one is open in a context the model layer asks for exact tokens (the hook will record
-    them), and if the call lands in an open rollout through ``record_call`` it is marked
-    ``recorded``, so the hook does not record it a second time.
-    """
-
-    recorded: bool = False
-
-
-_observed: contextvars.ContextVar[ObservedCall | None] = contextvars.ContextVar(
-    "wandb_observed_call", default=None
-)
-
-
-def observe_call() -> ObservedCall:
-    """Open a watched call in this context (a hook's start callback)."""
-    call = ObservedCall()
-    _observed.set(call)
-    return call
-
-
-def end_observation(call: ObservedCall) -> None:
-    """Close a watched call (its end or error callback)."""
-    if _observed.get() is call:
-        _observed.set(None)
 
 
 def tokens_wanted() -> bool:
@@ -89,13 +82,16 @@ def record_turn(
     logprobs: dict[str, Any] | None = None,
     token_ids: list[int] | None = None,
     prompt_token_ids: list[int] | None = None,
+    model: str | None = None,
+    role: str | None = None,
 ) -> bool:
     """Add a model turn (the request's messages and tools, the assistant ``message`` and its
-    exact tokens) to the rollout open in this context, and mark the watched call recorded.
-    True if a rollout was open. Never raises: failures are counted on ``RECORDING_GUARD``."""
+    exact tokens; the ``model`` asked and the ``role`` it plays) to the rollout open in this
+    context, and mark the watched call recorded. True if a rollout was open. Never raises:
+    failures are counted on ``RECORDING_GUARD``."""
     if _current.get() is None:
         return False
-    turn = (message, finish_reason, logprobs, token_ids, prompt_token_ids)
+    turn = (message, finish_reason, logprobs, token_ids, prompt_token_ids, model, role)
     return bool(RECORDING_GUARD.run(_record, messages, tools, *turn))
 
 
@@ -107,6 +103,8 @@ def _record(
     logprobs: dict[str, Any] | None,
     token_ids: list[int] | None,
     prompt_token_ids: list[int] | None,
+    model: str | None,
+    role: str | None,
 ) -> bool:
     run = _current.get()
     if run is None:
@@ -120,114 +118,11 @@ def _record(
         token_ids=token_ids,
         prompt_token_ids=prompt_token_ids,
     )
-    run.add_call(LLMCall(messages, tools, choice))
+    run.add_call(LLMCall(messages, tools, choice, turn_labels(model, role)))
     observed = _observed.get()
     if observed is not None:
         observed.recorded = True
     return True
-
-
-@dataclass
-class LLMCall:
-    """One model call: what was sent, the tools offered, and the model's turn.
-
-    ``choice`` is JSON data (what ``make_choice`` returns) or a ``Choice``: recording keeps the
-    server's data as it came, and it is validated once, when the trajectory is built.
-    """
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    choice: dict[str, Any] | Choice
-
-
-def make_choice(
-    message: dict[str, Any],
-    *,
-    finish_reason: str | None = None,
-    logprobs: dict[str, Any] | None = None,
-    token_ids: list[int] | None = None,
-    prompt_token_ids: list[int] | None = None,
-) -> dict[str, Any]:
-    """The model's turn as JSON data: a ``Choice`` (trainable) when logprobs came back, else a
-    plain assistant message. ``History`` validates either when the trajectory is built."""
-    if logprobs is None:
-        return {k: v for k, v in message.items() if v is not None} | {"role": "assistant"}
-    data: dict[str, Any] = {
-        "index": 0,
-        "finish_reason": finish_reason if finish_reason in _FINISH else "stop",
-        "message": {"role": "assistant", **{k: v for k, v in message.items() if k != "role"}},
-        "logprobs": logprobs,
-    }
-    if token_ids is not None:
-        data["token_ids"] = token_ids
-    if prompt_token_ids is not None:
-        data["prompt_token_ids"] = prompt_token_ids
-    return data
-
-
-_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
-
-
-def _as_message(item: dict[str, Any] | Choice) -> dict[str, Any]:
-    """The message a recorded item stands for (a model turn's message, else the item)."""
-    if isinstance(item, Choice):
-        return choice_to_message(item)
-    return item["message"] if "role" not in item and "message" in item else item
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Messages match on role, content and tool-call identity (not on formatting)."""
-    if a.get("role") != b.get("role") or (a.get("content") or "") != (b.get("content") or ""):
-        return False
-    names_a = [(c.get("id"), c["function"]["name"]) for c in a.get("tool_calls") or []]
-    names_b = [(c.get("id"), c["function"]["name"]) for c in b.get("tool_calls") or []]
-    return names_a == names_b and a.get("tool_call_id") == b.get("tool_call_id")
-
-
-def merge_calls(calls: list[LLMCall]) -> tuple[History | None, list[History]]:
-    """Prefix-merge calls into histories: the first is the main one, the rest side ones."""
-    merged: list[tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]] | None]] = []
-    for call in calls:
-        turn = _as_message(call.choice)
-        for items, known, tools in merged:
-            if (
-                len(known) <= len(call.messages)
-                and (tools or None) == (call.tools or None)
-                and all(_same(k, m) for k, m in zip(known, call.messages, strict=False))
-            ):
-                new = call.messages[len(known) :]
-                items += [*new, call.choice]
-                known += [*new, turn]
-                break
-        else:
-            merged.append(([*call.messages, call.choice], [*call.messages, turn], call.tools))
-    histories = [History(messages_and_choices=items, tools=tools) for items, _, tools in merged]
-    if not histories:
-        return None, []
-    return histories[0], histories[1:]
-
-
-def _build(
-    calls: list[LLMCall], tool_results: dict[str, dict[str, Any]], fields: dict[str, Any]
-) -> Trajectory:
-    """A Trajectory from recorded calls; tool results no call's messages carried go last.
-
-    A call whose model turn does not validate (a server's malformed logprobs, say) is dropped,
-    logged once and counted, as any recording failure: the rest of the trajectory is kept.
-    """
-    main, others = merge_calls([checked for call in calls if (checked := _validated(call))])
-    if main is None:  # no model turn was recorded
-        return Trajectory(**fields)
-    seen = {m.get("tool_call_id") for m in main.messages()}
-    items = [*main.messages_and_choices, *(r for k, r in tool_results.items() if k not in seen)]
-    return Trajectory(
-        messages_and_choices=items, tools=main.tools, additional_histories=others, **fields
-    )
-
-
-def _validated(call: LLMCall) -> LLMCall | None:
-    choice = RECORDING_GUARD.run(message_or_choice, call.choice)
-    return None if choice is None else LLMCall(call.messages, call.tools, choice)
 
 
 @dataclass
@@ -243,6 +138,7 @@ class Rollout:
     logs: list[str] = field(default_factory=list)
     calls: list[LLMCall] = field(default_factory=list)
     tool_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    step_rewards: dict[int, float] = field(default_factory=dict)  # call index -> reward
     exception: dict[str, str] | None = None
     weave: Any = None  # True (the client weave.init made) or a WeaveClient: export on exit
     policy_step: int | None = None  # the checkpoint step sampled from (ART's policy version)
@@ -284,6 +180,65 @@ class Rollout:
     def log(self, message: str) -> None:
         self.logs.append(str(message))
 
+    # -- step rewards ------------------------------------------------------------------------
+
+    def reward_turn(self, reward: float, turn: int = -1) -> None:
+        """Reward one model turn, as it happens or afterwards: ``turn`` is its index among the
+        rollout's calls in the order they were made (-1: the latest). Rewards of one turn add
+        up. Training gives each turn the return from its own step on (``rollouts.credit``).
+        A turn that does not exist, or came without exact tokens, is a ValueError."""
+        value = _finite(reward)
+        with self._lock:
+            count = len(self.calls)
+            if not isinstance(turn, int) or not -count <= turn < count:
+                raise ValueError(
+                    f"rollout {self.id} has {count} recorded model turn(s); there is no turn "
+                    f"{turn!r}"
+                )
+            index = turn % count
+            if not self.calls[index].exact():
+                raise ValueError(
+                    f"turn {index} of rollout {self.id} was recorded without exact tokens (its "
+                    "model returned no logprobs), so no training can use its reward; reward the "
+                    "run (rollout.reward) instead"
+                )
+            self.step_rewards[index] = self.step_rewards.get(index, 0.0) + value
+        self._rewarded_late()
+
+    def reward_tool_call(self, tool_call_id: str, reward: float) -> None:
+        """Reward the turn that made the tool call ``tool_call_id`` (a ValueError if none did)."""
+        with self._lock:
+            found = [i for i, c in enumerate(self.calls) if tool_call_id in c.tool_call_ids()]
+            known = [i for c in self.calls for i in c.tool_call_ids()]
+        if not found:
+            raise ValueError(
+                f"no turn of rollout {self.id} made tool call {tool_call_id!r} "
+                f"(its tool calls: {known or 'none'})"
+            )
+        self.reward_turn(reward, found[-1])
+
+    def reward_step(self, step: str, reward: float) -> None:
+        """Reward the step ``step`` (a ``step()`` block, a LangGraph node): credited to the
+        last turn made in it. A step no turn was made in is a ValueError naming the steps."""
+        with self._lock:
+            steps = [c.labels.get("step") for c in self.calls]
+        if step not in steps:
+            named = sorted({s for s in steps if s})
+            raise ValueError(
+                f"no turn of rollout {self.id} was made in step {step!r} "
+                f"(steps with turns: {named or 'none'})"
+            )
+        self.reward_turn(reward, len(steps) - 1 - steps[::-1].index(step))
+
+    def _rewarded_late(self) -> None:
+        """A reward given after the rollout finished: rebuild it and update the stored copy."""
+        if self._final is None:
+            return
+        self._final = self._snapshot()
+        self._trajectory = None
+        if self.store is not None:
+            self.store.update(self._built())
+
     # -- finishing ---------------------------------------------------------------------------
 
     @property
@@ -291,7 +246,7 @@ class Rollout:
         """The finished Trajectory: None while the rollout is open, then what it held when it
         exited (built on first use: recording itself never waits on validation)."""
         if self._trajectory is None and self._final is not None:
-            self._trajectory = _build(*self._final)
+            self._trajectory = build_trajectory(*self._final)
         return self._trajectory
 
     def _built(self) -> Trajectory:
@@ -301,12 +256,16 @@ class Rollout:
 
     def build(self) -> Trajectory:
         """The Trajectory so far."""
-        return _build(*self._snapshot())
+        return build_trajectory(*self._snapshot())
 
-    def _snapshot(self) -> tuple[list[LLMCall], dict[str, dict[str, Any]], dict[str, Any]]:
-        """What the trajectory is built from: the calls, tool results and the other fields."""
+    def _snapshot(
+        self,
+    ) -> tuple[list[LLMCall], dict[str, dict[str, Any]], dict[str, Any], dict[int, float]]:
+        """What the trajectory is built from: the calls, tool results, the other fields and
+        the step rewards."""
         with self._lock:
             calls, results = list(self.calls), dict(self.tool_results)
+            step_rewards = dict(self.step_rewards)
         metadata = {**self.metadata, "rollout_id": self.id}
         if self.group is not None:
             metadata["group"] = self.group
@@ -326,7 +285,7 @@ class Rollout:
         }
         if self.policy_step is not None:
             fields["initial_policy_version"] = fields["final_policy_version"] = self.policy_step
-        return calls, results, fields
+        return calls, results, fields, step_rewards
 
     def _complete(self, exc: BaseException | None) -> None:
         if exc is not None and not isinstance(exc, GeneratorExit):
@@ -381,6 +340,16 @@ class Rollout:
         """Close an entered rollout without finishing it: nothing is stored or exported (a run
         interrupted from outside, to be sampled again, rather than one that failed)."""
         _current.reset(self._token)
+
+
+def _finite(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a reward must be a number, not {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"a reward must be a finite number, not {value!r}")
+    return number
 
 
 _warned_no_turns = False
@@ -462,39 +431,3 @@ async def _call_with(run: Rollout, fn: Callable, *args: Any, **kwargs: Any) -> A
     if "rollout" in inspect.signature(fn).parameters:
         kwargs["rollout"] = run
     return await fn(*args, **kwargs)
-
-
-class HookGuard:
-    """Trace hooks must never break the agent they observe: errors are logged once, counted."""
-
-    def __init__(self, name: str, expected: tuple[type[Exception], ...] = ()) -> None:
-        self.name = name
-        self.errors = 0
-        self._logged = False
-        self.expected = expected  # a set-up error the user can fix: one line, no traceback
-
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            self.errors += 1
-            if not self._logged:
-                self._logged = True
-                if isinstance(exc, self.expected):
-                    log.warning(
-                        "%s failed: %s (the agent is unaffected; said once, errors are counted)",
-                        self.name,
-                        exc,
-                    )
-                else:
-                    log.exception(
-                        "%s failed; the agent is unaffected (errors are counted)", self.name
-                    )
-            return None
-
-
-#: Guards ``record_call``: the model layer (``wandb_serverless.calls``) recording our adapters'
-#: calls, with no trace hook involved.
-RECORDING_GUARD = HookGuard("recording a chat call")
-#: Guards the export of finished rollouts to Weave (a Weave outage never fails a rollout).
-WEAVE_GUARD = HookGuard("Weave export", expected=(ImportError, WeaveNotReady))

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
+from wandb_serverless.rollouts.credit import role_groups
 from wandb_serverless.trajectory import NO_TURNS, Trajectory, TrajectoryGroup
 
 SCHEMA = """
@@ -233,10 +234,15 @@ class RolloutStore:
             return self._db.execute("SELECT COUNT(*) FROM trajectories").fetchone()[0]
 
     def groups(
-        self, *, names: Iterable[str] | None = None, metadata: dict[str, Any] | None = None
+        self,
+        *,
+        names: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        role: str | None = None,
     ) -> list[TrajectoryGroup]:
         """Stored rollouts grouped by their rollout group (ungrouped ones are left out); only
-        the groups ``names`` when given (an index lookup, whatever the store's size).
+        the groups ``names`` when given (an index lookup, whatever the store's size); as the
+        model of ``role`` trains on them when given (``rollouts.credit.for_role``).
 
         A rollout that raised goes to its group's ``exceptions`` only, as in ART: kept as a
         reward-0 trajectory it would skew the group's advantages and count the failure twice.
@@ -250,7 +256,7 @@ class RolloutStore:
             )
             for grp, data, exception in rows
         )
-        return groups
+        return role_groups(groups, role) if role is not None else groups
 
     def export_rl_groups(self, **filters: Any) -> list[dict[str, Any]]:
         """Groups as JSON, ready for ``trajectory_groups`` of an RL job."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from wandb_serverless.rollouts.credit import role_groups
 from wandb_serverless.rollouts.store import best_sft_rows, collect_groups
 from wandb_serverless.rollouts.weave_export import (
     CHAT_OP,
@@ -240,12 +241,13 @@ class WeaveRollouts:
         metadata: dict[str, Any] | None = None,
         since: datetime.datetime | None = None,
         until: datetime.datetime | None = None,
+        role: str | None = None,
     ) -> list[TrajectoryGroup]:
         """Rollouts grouped as ``RolloutStore.groups()`` groups them (``left_out``: those with
-        no model turn)."""
+        no model turn), as the model of ``role`` trains on them when given."""
         rollouts = self.rollouts(group=group, metadata=metadata, since=since, until=until)
         groups, self.left_out = collect_groups((None, r.trajectory, r.exception) for r in rollouts)
-        return groups
+        return role_groups(groups, role) if role is not None else groups
 
     def export_sft_rows(
         self, *, top_k_per_group: int | None = None, min_reward: float | None = None

@@ -72,6 +72,10 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     timeout: float | None = Field(default=None, description="Seconds per request.")
     max_retries: int = Field(default=2, description="SDK retries (the one retry authority).")
     default_headers: dict[str, str] | None = Field(default=None, description="Extra headers.")
+    role: str | None = Field(
+        default=None,
+        description="The role its turns are recorded as in a multi-role agent (not sent).",
+    )
     temperature: float | None = Field(default=None, description="Sampling temperature.")
     max_tokens: int | None = Field(default=None, description="Completion token cap.")
     context_window: int | None = Field(default=None, description="Override the context window.")
@@ -184,19 +188,19 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._request(messages, False, **kwargs)
-        return self._response(calls.complete(self._client(), request))
+        return self._response(calls.complete(self._client(), request, role=self.role))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request = self._request(messages, False, **kwargs)
-        return self._response(await calls.acomplete(self._client(True), request))
+        return self._response(await calls.acomplete(self._client(True), request, role=self.role))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request = self._request(messages, True, **kwargs)
 
         def gen() -> ChatResponseGen:
-            stream = calls.stream(self._client(), request, accumulate=True)
+            stream = calls.stream(self._client(), request, accumulate=True, role=self.role)
             turn = stream.turn
             assert turn is not None  # accumulate=True
             for delta in stream:
@@ -212,7 +216,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
         client = self._client(async_client=True)
 
         async def gen() -> ChatResponseAsyncGen:
-            stream = await calls.astream(client, request, accumulate=True)
+            stream = await calls.astream(client, request, accumulate=True, role=self.role)
             turn = stream.turn
             assert turn is not None  # accumulate=True
             async for delta in stream:
