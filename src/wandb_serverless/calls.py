@@ -144,17 +144,24 @@ class TurnStream:
         turn = self.turn
         if self._record and turn is not None:
             self._record = False  # once: an error's recording is not repeated at the end
-            record_turn(
-                self.request["messages"],
-                self.request.get("tools"),
-                turn.message(),
-                finish_reason=turn.finish_reason,
-                logprobs={"content": turn.logprobs} if turn.logprobs else None,
-                token_ids=turn.token_ids or None,
-                prompt_token_ids=turn.prompt_token_ids,
-                model=self.request.get("model"),
-                role=self.role,
-            )
+            record_streamed(self.request, turn, self.role)
+
+
+def record_streamed(
+    request: dict[str, Any], turn: StreamAccumulator, role: str | None = None
+) -> None:
+    """Record a streamed turn, accumulated from its chunks, as the rollout's turn."""
+    record_turn(
+        request["messages"],
+        request.get("tools"),
+        turn.message(),
+        finish_reason=turn.finish_reason,
+        logprobs={"content": turn.logprobs} if turn.logprobs else None,
+        token_ids=turn.token_ids or None,
+        prompt_token_ids=turn.prompt_token_ids,
+        model=request.get("model"),
+        role=role,
+    )
 
 
 def stream(

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 __all__ = ["Choice", "History", "Trajectory", "TrajectoryGroup"]
 
 NO_TURNS = (
-    "what the model says is recorded from calls through ChatWandb, WandbLLM, and LangChain / "
-    "LlamaIndex models with the trace hooks installed; calls through a plain openai client are not"
+    "what the model says is recorded from calls through ChatWandb, WandbLLM, any openai "
+    "client's chat.completions inside rollout(), and LangChain / LlamaIndex models with the "
+    "trace hooks installed; Responses API calls and raw HTTP requests are not"
 )
 MESSAGE_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 

@@ -356,7 +356,7 @@ async def test_a_failed_commit_reaches_every_waiter_and_the_next_save_works(
 def test_a_rollout_with_no_model_turn_is_said_once_and_groups_leaves_it_out(
     tmp_path, caplog, monkeypatch
 ):
-    """Calls through a client nothing records (a plain openai client) leave a rollout with no
+    """Calls through a client nothing records (raw HTTP, the Responses API) leave a rollout with no
     model turn: the user hears it when it finishes, not from a failed training job."""
     from wandb_serverless.rollouts import recorder
 
@@ -366,7 +366,7 @@ def test_a_rollout_with_no_model_turn_is_said_once_and_groups_leaves_it_out(
         with caplog.at_level("WARNING"), rollout(group="g", store=store) as run:
             run.reward = 1.0  # the agent called the model through an unrecorded client
     said = [r.getMessage() for r in caplog.records if "no model turn" in r.getMessage()]
-    assert len(said) == 1 and "plain openai client" in said[0]  # once a process
+    assert len(said) == 1 and "Responses API calls and raw HTTP" in said[0]  # once a process
     with rollout(group="g", store=store) as run:
         run.add_call(LLMCall([USER], None, turn("sunny")))
         run.reward = 0.5

@@ -260,3 +260,34 @@ def test_a_real_agent_rollout_exports_to_weave_with_exact_tokens(llm, tokenizer)
         assert len(turn["logprobs"]["content"]) == len(turn["token_ids"]) > 0
     assert chats[0].inputs["tools"][0]["function"]["name"] == "get_weather"
     assert server.feedback[-1]["payload"] == {"value": 1.0}
+
+
+def test_chatopenai_in_a_rollout_is_recorded_once_with_exact_tokens(backend, tokenizer):
+    """LangChain's own ChatOpenAI, unchanged: its openai client is captured, and the handler
+    watching the same call does not record it a second time."""
+    from langchain_openai import ChatOpenAI
+
+    plain = ChatOpenAI(
+        model="default", base_url=backend.base_url, api_key=backend.api_key, max_tokens=12
+    )
+    handler = RolloutCallbackHandler()
+    with rollout() as run:
+        plain.invoke("Name a color.", {"callbacks": [handler]})
+        plain.invoke("Name a fruit.", {"callbacks": [handler]})
+    choices = [c for h in [run.trajectory, *run.trajectory.additional_histories]
+               for c in h.choices()]  # fmt: skip
+    assert len(choices) == 2 and run.trajectory.model_turns() == 2 and handler.errors == 0
+    for choice in choices:
+        _assert_exact_tokens(choice, tokenizer)
+
+
+def test_each_turn_is_labelled_with_its_langgraph_node_and_a_node_can_be_rewarded(llm):
+    handler = RolloutCallbackHandler()
+    with rollout() as run:
+        build_agent(llm).invoke(ask("Rome"), {"callbacks": [handler], "recursion_limit": 8})
+        run.reward_step("agent", 1.0)  # the last turn the "agent" node made
+        with pytest.raises(ValueError, match=r"step 'tools'.*\['agent'\]"):
+            run.reward_step("tools", 1.0)  # the tool node makes no model turn
+    choices = run.trajectory.choices()
+    assert {c.model_extra["turn"]["step"] for c in choices} == {"agent"}
+    assert choices[-1].model_extra["turn"]["reward"] == 1.0

@@ -49,6 +49,7 @@ __all__ = [
     "merge_calls",
     "observe_call",
     "record_turn",
+    "register_scope",
     "role",
     "rollout",
     "step",
@@ -60,6 +61,45 @@ log = logging.getLogger(__name__)
 _current: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
     "wandb_rollout", default=None
 )
+
+
+class _Scope:
+    """What is on while any rollout is open in the process (the openai SDK capture, see
+    ``wandb_serverless.capture``): switched on by the first rollout, off after the last."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.open += 1
+            if self.open == 1:
+                for on, _ in self.hooks:
+                    RECORDING_GUARD.run(on)
+
+    def exit(self) -> None:
+        with self._lock:
+            self.open = max(0, self.open - 1)
+            if self.open == 0:
+                for _, off in self.hooks:
+                    RECORDING_GUARD.run(off)
+
+
+_SCOPE = _Scope()
+
+
+def register_scope(
+    on: Callable[[], None], off: Callable[[], None]
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Run ``on`` when the first rollout opens and ``off`` after the last closes; returns the
+    scope's enter and exit, for other ways in (``capture_openai()``)."""
+    with _SCOPE._lock:
+        _SCOPE.hooks.append((on, off))
+        if _SCOPE.open:
+            on()
+    return _SCOPE.enter, _SCOPE.exit
 
 
 def current_rollout() -> Rollout | None:
@@ -323,23 +363,28 @@ class Rollout:
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)
+        _SCOPE.enter()
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        _current.reset(self._token)
+        self._leave()
         self.finish(exc)
+
+    def _leave(self) -> None:
+        _current.reset(self._token)
+        _SCOPE.exit()
 
     async def __aenter__(self) -> Rollout:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        _current.reset(self._token)
+        self._leave()
         await self.afinish(exc)
 
     def abandon(self) -> None:
         """Close an entered rollout without finishing it: nothing is stored or exported (a run
         interrupted from outside, to be sampled again, rather than one that failed)."""
-        _current.reset(self._token)
+        self._leave()
 
 
 def _finite(value: Any) -> float:

@@ -1,0 +1,182 @@
+"""Calls through any openai client are recorded inside a rollout (OpenAI's Agents SDK, Pydantic
+AI and others build their own clients): exact tokens asked for, streamed or not, recorded once,
+the SDK left as it was when no rollout is open."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import openai
+import pytest
+from openai.resources.chat.completions import AsyncCompletions, Completions
+from support.fault_server import Reply
+
+from wandb_serverless import capture, capture_openai
+from wandb_serverless.rollouts import RolloutStore, role, rollout
+from wandb_serverless.rollouts.credit import turn_of
+
+KEY = "sk-test"
+USER = [{"role": "user", "content": "hi"}]
+EXACT = {
+    "logprobs": {"content": [{"token": "token_id:7", "logprob": -0.2, "top_logprobs": []}]},
+    "token_ids": [7],
+}
+
+
+def completion(choice_extra: dict | None = None, **top) -> dict:
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "hello"},
+        "finish_reason": "stop",
+        **(choice_extra or {}),
+    }
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [choice],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        **top,
+    }
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+
+
+def test_a_plain_client_call_in_a_rollout_is_recorded_with_exact_tokens(fault_server):
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, completion(EXACT, prompt_token_ids=[1, 2]))
+    )
+    oai = client(fault_server)
+    original = Completions.__dict__["create"]
+    with rollout() as run, role("helper"):
+        reply = oai.chat.completions.create(model="m", messages=USER)
+        assert Completions.__dict__["create"] is not original  # on while a rollout is open
+    assert Completions.__dict__["create"] is original  # and off after the last one closed
+    assert reply.choices[0].message.content == "hello"  # the caller gets what it asked for
+
+    sent = fault_server.calls("POST", "/chat/completions")[0].body
+    assert sent["logprobs"] is True and sent["return_token_ids"] is True
+    (choice,) = run.trajectory.choices()
+    assert choice.model_extra["token_ids"] == [7] and choice.model_extra["prompt_token_ids"] == [
+        1,
+        2,
+    ]
+    assert turn_of(choice)["role"] == "helper" and turn_of(choice)["model"] == "m"
+
+    oai.chat.completions.create(model="m", messages=USER)  # outside any rollout: untouched
+    assert "logprobs" not in fault_server.calls("POST", "/chat/completions")[1].body
+
+
+def test_the_callers_own_choice_of_logprobs_is_kept(fault_server):
+    fault_server.on("POST", "/chat/completions", Reply(200, completion()))
+    with rollout() as run:
+        client(fault_server).chat.completions.create(model="m", messages=USER, logprobs=False)
+    sent = fault_server.calls("POST", "/chat/completions")[0].body
+    assert sent["logprobs"] is False and "return_token_ids" not in sent
+    assert run.trajectory.choices() == [] and run.trajectory.model_turns() == 1  # context
+
+
+def test_a_response_without_token_ids_is_context_counted_and_logged(fault_server, caplog):
+    no_ids = {"logprobs": EXACT["logprobs"]}  # a server that returns no token ids
+    fault_server.on("POST", "/chat/completions", Reply(200, completion(no_ids)))
+    before = capture.STATS.without_token_ids
+    capture._warned.discard("ids")
+    with caplog.at_level(logging.WARNING), rollout() as run:
+        client(fault_server).chat.completions.create(model="m", messages=USER)
+    assert capture.STATS.without_token_ids == before + 1
+    assert "no token ids" in caplog.text
+    assert not run.trajectory.is_trainable() and run.trajectory.model_turns() == 1
+
+
+def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}],
+    }
+
+
+def sse(*chunks: dict) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+STREAM = sse(
+    {**chunk({"role": "assistant", "content": ""}), "prompt_token_ids": [1, 2]},
+    chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": '{"q"'},
+                }
+            ]
+        },
+        logprobs={"content": [{"token": "token_id:8", "logprob": -0.1, "top_logprobs": []}]},
+        token_ids=[8],
+    ),
+    chunk(
+        {"tool_calls": [{"index": 0, "function": {"arguments": ': "x"}'}}]},
+        "tool_calls",
+        logprobs={"content": [{"token": "token_id:9", "logprob": -0.3, "top_logprobs": []}]},
+        token_ids=[9],
+    ),
+)
+
+
+async def test_an_async_stream_is_handed_on_whole_and_recorded_at_its_end(fault_server):
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, STREAM, {"content-type": "text/event-stream"})
+    )
+    oai = openai.AsyncOpenAI(base_url=fault_server.url, api_key=KEY, max_retries=0)
+    async with rollout() as run:
+        stream = await oai.chat.completions.create(model="m", messages=USER, stream=True)
+        chunks = [c async for c in stream]
+    assert len(chunks) == 3  # every chunk reaches the framework
+    (choice,) = run.trajectory.choices()
+    assert choice.model_extra["token_ids"] == [8, 9]
+    assert choice.message.tool_calls[0].function.arguments == '{"q": "x"}'
+    run.reward_tool_call("call_1", 1.0)  # the captured tool call can be rewarded
+
+
+def test_capture_outside_rollouts_makes_a_rollout_of_each_call(fault_server, tmp_path):
+    fault_server.on("POST", "/chat/completions", Reply(200, completion(EXACT)))
+    store = RolloutStore(tmp_path / "r.db")
+    oai = client(fault_server)
+    with capture_openai(store=store, group="prod"):
+        oai.chat.completions.create(model="m", messages=USER)
+        oai.chat.completions.create(model="m", messages=USER)
+        with pytest.raises(RuntimeError, match="already on"):
+            capture_openai().__enter__()
+    oai.chat.completions.create(model="m", messages=USER)  # off again: not recorded
+    assert [len(t.choices()) for t in store.query(group="prod")] == [1, 1]
+    assert not capture.installed()
+
+
+def test_responses_api_calls_in_a_rollout_are_warned_of_not_recorded(fault_server, caplog):
+    body = {"id": "r1", "object": "response", "created_at": 0, "model": "m", "output": [],
+            "status": "completed", "parallel_tool_calls": False, "tool_choice": "auto",
+            "tools": []}  # fmt: skip
+    fault_server.on("POST", "/responses", Reply(200, body))
+    capture._warned.discard("responses")
+    before = capture.STATS.responses_api
+    with caplog.at_level(logging.WARNING), rollout() as run:
+        client(fault_server).responses.create(model="m", input="hi")
+    assert capture.STATS.responses_api == before + 1
+    assert "Responses API call inside a rollout is not recorded" in caplog.text
+    assert run.trajectory.model_turns() == 0
+
+
+def test_uninstalled_while_no_rollout_is_open_even_after_an_error():
+    with pytest.raises(KeyError), rollout():
+        assert capture.installed()
+        raise KeyError("agent failed")
+    assert not capture.installed()
+    assert AsyncCompletions.__dict__["create"].__qualname__.startswith("AsyncCompletions")
