@@ -13,7 +13,11 @@ right in a third of its runs (at T=0.7 in two thirds, leaving too little room to
 and the RL jobs use learning rate 1e-3 (measured by hand on seeds 0-2: the backend's 5e-4 rose
 by 0.17-0.42 in 4 steps, 1e-3 by 0.42-0.46; `bench/bench_learning.py --sweep` reruns both).
 
-    python examples/llamaindex_rl.py [--seed 0] [--steps 4]
+    python examples/llamaindex_rl.py [--seed 0] [--steps 4] [--credit step]
+
+``--credit step`` also rewards the first turn on its own (the right tool for the right city),
+a step reward: training then gives each turn its return (``bench/bench_step_rewards.py``
+compares the two on three seeds).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from llama_index.llms.wandb import RolloutEventHandler, WandbLLM
 from wandb_serverless import TrainableModel
 from wandb_serverless.learning import LearningLoop, Sampling, StepReport
 from wandb_serverless.local import LocalBackend
-from wandb_serverless.rollouts import Choice, RolloutStore
+from wandb_serverless.rollouts import Choice, Rollout, RolloutStore
 
 HERE = Path(__file__).resolve().parent
 MODEL_CACHE = HERE.parent / ".cache" / "models"
@@ -104,9 +108,26 @@ def agent_for(backend: LocalBackend, model: str, temperature: float, seed: int |
     return FunctionAgent(tools=TOOLS, llm=llm, system_prompt=SYSTEM, initial_tool_choice="required")
 
 
-def play_fn(backend: LocalBackend, temperature: float):
+def tool_step_reward(run: Rollout, city: str) -> float | None:
+    """The first turn judged on its own: 1.0 if it called get_temperature for the city, 0.0
+    for any other call (the wrong tool, or the wrong city, spoils the run); None if the run
+    made no turn."""
+    if not run.calls or not run.calls[0].exact():
+        return None
+    choice = run.calls[0].choice
+    message = choice.message.model_dump() if isinstance(choice, Choice) else choice["message"]
+    for call in message.get("tool_calls") or []:  # (a turn without exact tokens: None)
+        function = call["function"]
+        if function["name"] == "get_temperature" and city.lower() in function["arguments"].lower():
+            return 1.0
+    return 0.0
+
+
+def play_fn(backend: LocalBackend, temperature: float, credit: str = "run"):
     """The rollout function the loop runs: one agent run on ``sampling.model`` at the agent's
-    temperature with the loop's seed (evaluation too: 2 seeded samples per held-out city)."""
+    temperature with the loop's seed (evaluation too: 2 seeded samples per held-out city).
+    With ``credit="step"`` the first turn (the tool call) is also rewarded on its own
+    (``Rollout.reward_turn``); the run's reward, the answer's, is the same in both."""
 
     async def play(city: str, sampling: Sampling) -> float:
         agent = agent_for(backend, sampling.model, temperature, sampling.seed)
@@ -114,6 +135,9 @@ def play_fn(backend: LocalBackend, temperature: float):
             answer = str(await agent.run(QUESTION.format(city=city), max_iterations=4))
         except Exception as exc:  # a run that broke (e.g. too many tool calls) earns nothing
             answer = f"error: {type(exc).__name__}"
+        step = tool_step_reward(sampling.rollout, city) if credit == "step" else None
+        if step is not None:
+            sampling.rollout.reward_turn(step, 0)
         return reward(answer, city)
 
     return play
@@ -142,7 +166,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
     handler = RolloutEventHandler(store=store).install()
     loop = LearningLoop(
         tm,
-        play_fn(backend, args.temperature),
+        play_fn(backend, args.temperature, args.credit),
         train_scenarios=TRAIN_CITIES,
         eval_scenarios=HELD_OUT_CITIES,
         group_size=args.group_size,
@@ -230,6 +254,12 @@ def parse_args() -> argparse.Namespace:
         "--lr", type=float, default=1e-3, help="RL learning rate (default 1e-3; 0: the backend's)"
     )
     parser.add_argument("--tolerance", type=float, default=0.05, help="the promotion gate's")
+    parser.add_argument(
+        "--credit",
+        choices=["run", "step"],
+        default="run",
+        help="run: the answer's reward only (default); step: the tool call rewarded too",
+    )
     parser.add_argument(
         "--max-steps-off-policy",
         type=int,

@@ -55,6 +55,7 @@ async def test_a_run_trains_on_both_model_turns_with_the_tool_result_masked(
         lr=None,
         tolerance=0.05,
         max_steps_off_policy=0,
+        credit="run",
     )
     result = await example.train_loop(backend, args, time.monotonic())
     tm = result["model"]
