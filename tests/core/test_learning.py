@@ -161,6 +161,8 @@ def _loop(tmp_path, **overrides):
         ({"tolerance": -0.1}, "tolerance must be a number >= 0"),
         ({"rollout_timeout": 0}, "rollout_timeout must be > 0"),
         ({"eval_fn": "not a function"}, "eval_fn must be callable"),
+        ({"role": ""}, "role must be a role's name"),
+        ({"step_discount": 1.5}, "step_discount must be a number from 0 to 1"),
     ],
 )
 def test_bad_settings_are_errors_that_name_them(tmp_path, setting, message):

@@ -193,3 +193,27 @@ def test_a_root_that_is_not_a_trajectory_is_left_out_not_fatal(traced):
     source = WeaveRollouts(client=client)
     assert [len(g.trajectories) for g in source.groups()] == [1]
     assert source.unreadable == 1
+
+
+def test_roles_and_step_rewards_survive_weave_and_each_role_reads_its_own_turns(traced):
+    _, client = traced
+    for reward in (0, 1):
+        with rollout(group="duo", weave=client) as run:
+            run.add_call(LLMCall([USER], TOOLS, choice(calls=[CALL], token=3),
+                                 {"role": "planner", "step": "plan"}))  # fmt: skip
+            run.add_call(LLMCall([USER, choice(calls=[CALL])["message"], TOOL], TOOLS,
+                                 choice("sunny", token=4), {"role": "executor"}))  # fmt: skip
+            run.reward_step("plan", 0.5)
+            run.reward = reward
+    client.flush()
+    source = WeaveRollouts(client=client)
+    (planner,) = source.groups(role="planner")
+    for trajectory in planner.trajectories:
+        (own,) = trajectory.choices()
+        assert own.model_extra["turn"] == {"role": "planner", "step": "plan", "index": 0,
+                                           "reward": 0.5}  # fmt: skip
+        assert trajectory.messages()[-1]["content"] == "sunny"  # the executor's: context
+    (executor,) = source.groups(role="executor")
+    assert [c.model_extra["token_ids"] for c in executor.trajectories[0].choices()] == [[4]]
+    with pytest.raises(ValueError, match="'critic'"):
+        source.groups(role="critic")

@@ -137,3 +137,37 @@ def test_a_loop_in_an_event_loop_says_to_await_arun(backend, tmp_path):
 
     with pytest.raises(RuntimeError, match=r"await loop.arun\(steps\)"):
         asyncio.run(inside())
+
+
+def test_a_loop_for_one_role_trains_that_roles_turns_only(backend, tmp_path, monkeypatch):
+    """Two roles in every rollout; the loop trains the speaker's model on the speaker's turns,
+    the listener's are context (never sent as trainable turns)."""
+    tm = TrainableModel(
+        f"speaker-{uuid.uuid4().hex[:6]}", "e2e", backend.model_id, client=backend.client(),
+        history_dir=tmp_path, progress=False,
+    )  # fmt: skip
+
+    async def play(city: str, sampling: Sampling) -> float:
+        def chat(role: str, model: str) -> ChatWandb:
+            return ChatWandb(model=model, role=role, base_url=backend.base_url,
+                             api_key=backend.api_key, temperature=1.0, max_tokens=6,
+                             seed=sampling.seed)  # fmt: skip
+
+        said = await chat("speaker", sampling.model).ainvoke(f"Name a place near {city}.")
+        await chat("listener", backend.model_id).ainvoke(f"Repeat: {said.content}")
+        return float(len(said.content) % 2)
+
+    sent: list = []
+    monkeypatch.setattr(tm, "submit_rl", lambda groups, config=None: sent.append(groups) or
+                        TrainableModel.submit_rl(tm, groups, config))  # fmt: skip
+    loop = LearningLoop(
+        tm, play, train_scenarios=["Paris", "Oslo"], eval_scenarios=["Lima"], group_size=4,
+        groups_per_step=2, max_rounds=2, state_dir=tmp_path / "loop", progress=False,
+        role="speaker", step_discount=0.5,
+    )  # fmt: skip
+    (report,) = loop.run(steps=1)
+    assert report.checkpoint == 1
+    turns = [c.model_extra["turn"] for g in sent[0] for t in g.trajectories
+             for h in [t, *t.additional_histories] for c in h.choices()]  # fmt: skip
+    assert turns and {t["role"] for t in turns} == {"speaker"}
+    assert loop.history()[0]["settings"]["role"] == "speaker"
