@@ -8,7 +8,9 @@ Targets (issue 7): <= 100 µs and <= 3% of an agent step per LLM call with recor
 Trajectory is built when first used, so "on" times the recording; "on + trajectory" also
 builds it (validation of every token's logprob, as a store does at exit). Also reported: the
 LangChain handler path for runs without ``rollout()`` (each run its own rollout), and what
-langchain-core itself costs per call for any handler (an empty one).
+langchain-core itself costs per call for any handler (an empty one), and what capturing a
+plain openai client's call costs (``wandb_serverless.capture``: the same call inside a rollout
+and outside one, where the SDK is not patched).
 
 The server runs in its own process, as a real one does (in-process, its Python work shared
 the client's GIL). The machine's speed drifts between seconds, so every figure is paired:
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import openai
 from instant_server import start_process
 from langchain_core.callbacks import BaseCallbackHandler
 
@@ -81,12 +84,19 @@ def run() -> dict[str, float]:
             run_inline = True
 
         empty = Empty()
+        oai = openai.OpenAI(base_url=url, api_key="k", max_retries=3)  # a framework's own client
+
+        def sdk_call() -> None:
+            oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hello"}])
+
         cases = {
             "off": lambda: llm.invoke("Hello"),
             "on": lambda: _in_rollout(lambda: llm.invoke("Hello")),
             "on_built": lambda: _in_rollout(lambda: llm.invoke("Hello"), build=True),
             "handler": lambda: llm.invoke("Hello", config={"callbacks": [handler]}),
             "empty_handler": lambda: llm.invoke("Hello", config={"callbacks": [empty]}),
+            "sdk_off": sdk_call,
+            "sdk_on": lambda: _in_rollout(sdk_call),
         }
         for fn in cases.values():
             for _ in range(20):
@@ -106,6 +116,9 @@ def run() -> dict[str, float]:
             )
             for name in ("on", "on_built", "handler", "empty_handler")
         }
+        cost["sdk_on"] = statistics.median(
+            a - b for a, b in zip(samples["sdk_on"], samples["sdk_off"], strict=True)
+        )
         step = _agent_step_s(llm)
 
         async def loop(record: bool) -> float:
@@ -144,6 +157,8 @@ def run() -> dict[str, float]:
         "hook_cost_fraction": cost["on"] / step,
         "handler_path_cost_us": cost["handler"] * 1e6,
         "langchain_any_handler_cost_us": cost["empty_handler"] * 1e6,
+        "openai_sdk_call_us_off": median["sdk_off"] * 1e6,
+        "openai_sdk_capture_cost_us": cost["sdk_on"] * 1e6,
         "rollouts_per_s_off": plain_rate,
         "rollouts_per_s_on": recorded_rate,
         "concurrent_throughput_ratio": statistics.median(paired),

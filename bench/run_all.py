@@ -29,6 +29,7 @@ TARGETS = {
     "concurrent16_vs_single": (">= 5", lambda v: v >= 5),
     "constrained_slowdown": ("<= 0.15", lambda v: v <= 0.15),
     "hook_cost_us": ("<= 100", lambda v: v <= 100),
+    "openai_sdk_capture_cost_us": ("<= 100", lambda v: v <= 100),
     "rl_step_vs_raw_peft": ("<= 1.2", lambda v: v <= 1.2),
     "hook_cost_fraction": ("<= 0.03", lambda v: v <= 0.03),
     "concurrent_throughput_ratio": (">= 0.8", lambda v: v >= 0.8),
