@@ -5,9 +5,10 @@ A **planner** (``ChatWandb(role="planner")``) reads the question and names the t
 role is a ``TrainableModel`` (two LoRA models on one base model) on the local backend. Every
 run is recorded once, with the exact tokens of both roles' turns; each turn knows its role.
 
-Rewards: the planner's turn is judged on its own (a step reward: 1 if the plan names
-get_temperature, the tool that can answer), and the run is judged by the answer (1 if it gives
-the looked-up number). ``store.groups(role="planner")`` gives the planner's model its own turn
+Rewards: the planner's turn is judged on its own (a step reward: 1 if the plan picks the
+temperature tool, the one that can answer, and not the time tool), and the run is judged by the
+answer (1 if it gives the looked-up number). ``store.groups(role="planner")`` gives the
+planner's model its own turn
 with the executor's as context it never trains on, and the reverse for the executor; each
 role's model trains one RL step a round on its own groups. Each role's held-out reward (the
 plan's and the answer's, on cities never trained on) is reported before and after.
@@ -43,8 +44,9 @@ TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Lisbon
 HELD_OUT_CITIES = ["Tokyo", "Cairo", "Lima", "Toronto", "Sydney", "Seoul"]
 ROLES = ("planner", "executor")
 PLANNER = (
-    "You plan for a weather assistant. Tools: get_temperature (the temperature of a city) and "
-    "get_local_time (the time in a city). Reply with the name of the one tool to use."
+    "You plan for a weather assistant that has two tools: one gives the temperature of a city, "
+    "the other the local time. Which one answers the question? Reply with one word: "
+    "temperature or time."
 )
 EXECUTOR = "You are a weather assistant. Plan: {plan}. Use a tool, then answer with its result."
 
@@ -104,8 +106,9 @@ def build_graph(planner: ChatWandb, executor: ChatWandb):
 
 
 def plan_reward(plan: str) -> float:
-    """The planner's step: 1 if the plan names get_temperature (and not the other tool)."""
-    return 1.0 if "get_temperature" in plan and "get_local_time" not in plan else 0.0
+    """The planner's step: 1 if the plan picks the temperature tool (and not the time one)."""
+    said = plan.lower()
+    return 1.0 if "temperature" in said and "time" not in said else 0.0
 
 
 def answer_reward(messages: list[AnyMessage], city: str) -> float:
