@@ -9,8 +9,9 @@ Rewards: the planner's turn is judged on its own (a step reward: 1 if the plan p
 temperature tool, the one that can answer, and not the time tool), and the run is judged by the
 answer (1 if it gives the looked-up number). ``store.groups(role="planner")`` gives the
 planner's model its own turn with the executor's as context it never trains on, and the reverse
-for the executor; each role's model trains one RL step a round on its own groups. Each role's held-out reward (the
-plan's and the answer's, on cities never trained on) is reported before and after.
+for the executor; each role's model trains one RL step a round on its own groups. Each role's
+held-out reward (the plan's and the answer's, on cities never trained on) is reported before
+and after.
 
     python examples/multi_agent.py [--steps 2] [--seed 0]
 """
