@@ -48,7 +48,9 @@ def run(script: str, seed: int, extra: list[str], env: dict[str, str] | None = N
         environment = {k: v for k, v in os.environ.items() if k != RESET} | (env or {})
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            )
         result = json.loads(summary.read_text())
         result["wall_s"] = time.monotonic() - started
         print(f"{script} seed {seed} {' '.join(extra)}: {done.stdout.strip().splitlines()[-1]}")
