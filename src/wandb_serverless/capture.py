@@ -1,11 +1,15 @@
 """Recording chat completions made through any ``openai`` client: OpenAI's Agents SDK, Pydantic
 AI, smolagents, AutoGen, instructor, your own code. No change to how the framework builds its
-client: while a rollout is open (or ``capture_openai()`` is on) the SDK's
-``chat.completions.create`` (sync and async) is wrapped. Inside a rollout each call asks for
-exact tokens (``logprobs`` and vLLM's ``return_token_ids``, unless the caller set ``logprobs``)
-and its turn, streamed or not, goes through the same recording path as our adapters'
-(``calls.record_reply`` / ``calls.record_streamed``): a call a trace hook watches is recorded
-once. When the last rollout closes the SDK is as it was.
+client: from the first rollout (or ``capture_openai()``) on, the SDK's
+``chat.completions.create`` (sync and async) is wrapped, and the wrapper acts only while a
+rollout is open in the caller's context: there each call asks for exact tokens (``logprobs``
+and vLLM's ``return_token_ids``, unless the caller set ``logprobs``) and its turn, streamed or
+not, goes through the same recording path as our adapters' (``calls.record_reply`` /
+``calls.record_streamed``): a call a trace hook watches is recorded once. Elsewhere a call goes
+straight to the SDK's own method. ``uninstall()`` puts the SDK's methods back; ``disable()``
+(or ``WANDB_SERVERLESS_CAPTURE=0``) also keeps them back. It stays wrapped between rollouts:
+switching a class attribute for every rollout cost more than the wrapper's check (measured,
+bench/RESULTS.md).
 
 Not recorded: the Responses API (a warning, once a process: point the framework at chat
 completions, e.g. the Agents SDK's ``set_default_openai_api("chat_completions")``), and calls
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ from openai.resources.responses import AsyncResponses, Responses
 
 from wandb_serverless.calls import record_reply, record_streamed
 from wandb_serverless.chat.parse import StreamAccumulator, as_dict, parse_completion
-from wandb_serverless.rollouts.recorder import Rollout, current_rollout, register_scope
+from wandb_serverless.rollouts.recorder import Rollout, current_rollout, on_rollout_open
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +267,13 @@ _PATCHES: list[tuple[type, Callable[[Any], Any]]] = [
 ]
 
 
+_disabled = os.environ.get("WANDB_SERVERLESS_CAPTURE", "1").strip().lower() in ("0", "false", "no")
+
+
 def install() -> None:
-    """Wrap the SDK's ``create`` methods (idempotent; rollouts do it while one is open)."""
+    """Wrap the SDK's ``create`` methods (idempotent; the first rollout does it)."""
+    if _disabled or _originals:  # the fast path: every rollout entered calls this
+        return
     with _lock:
         for cls, wrap in _PATCHES:
             if (cls, "create") not in _originals:
@@ -283,6 +293,20 @@ def installed() -> bool:
     return bool(_originals)
 
 
+def disable() -> None:
+    """Put the SDK's methods back and keep them so: openai-client calls are not recorded."""
+    global _disabled
+    _disabled = True
+    uninstall()
+
+
+def enable() -> None:
+    """Record openai-client calls inside rollouts again (the default)."""
+    global _disabled
+    _disabled = False
+    install()
+
+
 class capture_openai:
     """``with capture_openai(store=..., group=...):`` records every chat completion made
     through an openai client, also outside ``rollout()``: each such call becomes a rollout of
@@ -296,13 +320,12 @@ class capture_openai:
         if _global is not None:
             raise RuntimeError("capture_openai() is already on in this process")
         _global = self.settings
-        _scope_enter()
+        install()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         global _global
         _global = None
-        _scope_exit()
 
 
-_scope_enter, _scope_exit = register_scope(install, uninstall)
+on_rollout_open(install)

@@ -51,11 +51,9 @@ def test_a_plain_client_call_in_a_rollout_is_recorded_with_exact_tokens(fault_se
         "POST", "/chat/completions", Reply(200, completion(EXACT, prompt_token_ids=[1, 2]))
     )
     oai = client(fault_server)
-    original = Completions.__dict__["create"]
     with rollout() as run, role("helper"):
         reply = oai.chat.completions.create(model="m", messages=USER)
-        assert Completions.__dict__["create"] is not original  # on while a rollout is open
-    assert Completions.__dict__["create"] is original  # and off after the last one closed
+    assert capture.installed()
     assert reply.choices[0].message.content == "hello"  # the caller gets what it asked for
 
     sent = fault_server.calls("POST", "/chat/completions")[0].body
@@ -69,6 +67,7 @@ def test_a_plain_client_call_in_a_rollout_is_recorded_with_exact_tokens(fault_se
 
     oai.chat.completions.create(model="m", messages=USER)  # outside any rollout: untouched
     assert "logprobs" not in fault_server.calls("POST", "/chat/completions")[1].body
+    assert capture.STATS.recorded >= 1
 
 
 def test_the_callers_own_choice_of_logprobs_is_kept(fault_server):
@@ -157,7 +156,6 @@ def test_capture_outside_rollouts_makes_a_rollout_of_each_call(fault_server, tmp
             capture_openai().__enter__()
     oai.chat.completions.create(model="m", messages=USER)  # off again: not recorded
     assert [len(t.choices()) for t in store.query(group="prod")] == [1, 1]
-    assert not capture.installed()
 
 
 def test_responses_api_calls_in_a_rollout_are_warned_of_not_recorded(fault_server, caplog):
@@ -174,9 +172,24 @@ def test_responses_api_calls_in_a_rollout_are_warned_of_not_recorded(fault_serve
     assert run.trajectory.model_turns() == 0
 
 
-def test_uninstalled_while_no_rollout_is_open_even_after_an_error():
-    with pytest.raises(KeyError), rollout():
-        assert capture.installed()
-        raise KeyError("agent failed")
-    assert not capture.installed()
-    assert AsyncCompletions.__dict__["create"].__qualname__.startswith("AsyncCompletions")
+def wrapped(cls) -> bool:
+    """Whether the class's ``create`` is capture's wrapper (not the SDK's own function)."""
+    return cls.__dict__["create"].__code__.co_filename.endswith("capture.py")
+
+
+def test_disabled_capture_leaves_the_sdk_as_it_was_and_records_nothing(fault_server):
+    fault_server.on("POST", "/chat/completions", Reply(200, completion(EXACT)))
+    try:
+        capture.disable()
+        assert not wrapped(Completions) and not wrapped(AsyncCompletions)
+        with rollout() as run:
+            client(fault_server).chat.completions.create(model="m", messages=USER)
+        assert not wrapped(Completions) and run.trajectory.model_turns() == 0
+        assert "logprobs" not in fault_server.calls("POST", "/chat/completions")[0].body
+    finally:
+        capture.enable()
+    assert wrapped(Completions) and wrapped(AsyncCompletions)
+    capture.uninstall()  # the SDK's own methods, until the next rollout
+    assert not wrapped(Completions) and not capture.installed()
+    with rollout():
+        assert wrapped(Completions)

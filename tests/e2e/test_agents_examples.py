@@ -56,7 +56,6 @@ async def test_an_agents_sdk_agent_is_recorded_through_its_own_client_and_trains
             )
             if choice.message.content and not choice.message.tool_calls:
                 assert tokenizer.decode(ids, skip_special_tokens=True) == choice.message.content
-    assert not capture.installed()  # no rollout open: the SDK is as it was
     if result["result"].step:  # trained (some group's rewards differed): served from it
         assert result["model"].ref.endswith(":latest")
 

@@ -48,8 +48,8 @@ __all__ = [
     "make_choice",
     "merge_calls",
     "observe_call",
+    "on_rollout_open",
     "record_turn",
-    "register_scope",
     "role",
     "rollout",
     "step",
@@ -63,43 +63,14 @@ _current: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
 )
 
 
-class _Scope:
-    """What is on while any rollout is open in the process (the openai SDK capture, see
-    ``wandb_serverless.capture``): switched on by the first rollout, off after the last."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self._lock:
-            self.open += 1
-            if self.open == 1:
-                for on, _ in self.hooks:
-                    RECORDING_GUARD.run(on)
-
-    def exit(self) -> None:
-        with self._lock:
-            self.open = max(0, self.open - 1)
-            if self.open == 0:
-                for _, off in self.hooks:
-                    RECORDING_GUARD.run(off)
+_ON_OPEN: list[Callable[[], None]] = []
 
 
-_SCOPE = _Scope()
-
-
-def register_scope(
-    on: Callable[[], None], off: Callable[[], None]
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Run ``on`` when the first rollout opens and ``off`` after the last closes; returns the
-    scope's enter and exit, for other ways in (``capture_openai()``)."""
-    with _SCOPE._lock:
-        _SCOPE.hooks.append((on, off))
-        if _SCOPE.open:
-            on()
-    return _SCOPE.enter, _SCOPE.exit
+def on_rollout_open(fn: Callable[[], None]) -> None:
+    """Run ``fn`` (cheap, idempotent) whenever a rollout is entered: how the openai SDK
+    capture (``wandb_serverless.capture``) switches itself on, without the recorder importing
+    it."""
+    _ON_OPEN.append(fn)
 
 
 def current_rollout() -> Rollout | None:
@@ -363,7 +334,8 @@ class Rollout:
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)
-        _SCOPE.enter()
+        for fn in _ON_OPEN:
+            RECORDING_GUARD.run(fn)
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -372,7 +344,6 @@ class Rollout:
 
     def _leave(self) -> None:
         _current.reset(self._token)
-        _SCOPE.exit()
 
     async def __aenter__(self) -> Rollout:
         return self.__enter__()
