@@ -87,6 +87,13 @@ def test_project_header_is_sent_and_openai_env_does_not_leak(fault_server, monke
     assert headers["openai-project"] == "me/agents" and "openai-organization" not in headers
 
 
+@pytest.mark.parametrize("role", ["", "  "])
+def test_an_empty_role_is_refused_as_the_role_block_refuses_it(role):
+    with pytest.raises(ValueError, match="a role name must be a non-empty string"):
+        ChatWandb(model="m", base_url="http://127.0.0.1:9/v1", api_key=KEY, role=role)
+    assert ChatWandb(model="m", base_url="http://127.0.0.1:9/v1", api_key=KEY).role is None
+
+
 def test_checkpoint_reference_is_sent_as_the_model(fault_server):
     fault_server.on("POST", "/chat/completions", Reply(200, completion({"content": "ok"})))
     ref = "wandb-artifact:///me/agents/sql-agent:step3"

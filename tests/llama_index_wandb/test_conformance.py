@@ -47,6 +47,13 @@ def llm(backend) -> WandbLLM:
     )
 
 
+@pytest.mark.parametrize("role", ["", "  "])
+def test_an_empty_role_is_refused_as_the_role_block_refuses_it(role):
+    with pytest.raises(ValueError, match="a role name must be a non-empty string"):
+        WandbLLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", role=role)
+    assert WandbLLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", role="p").role == "p"
+
+
 def test_invoke(llm):
     response = llm.chat(ASK)
     assert response.message.role == MessageRole.ASSISTANT and "Paris" in response.message.content

@@ -27,7 +27,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from langchain_wandb.errors import map_error
 from langchain_wandb.messages import (
@@ -40,6 +48,7 @@ from wandb_serverless import calls, profiles, tokens
 from wandb_serverless import chat as protocol
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import Settings, env_inference_url
+from wandb_serverless.rollouts.labels import check_role
 
 
 class ChatWandb(BaseChatModel, protocol.SamplingFields):
@@ -154,6 +163,8 @@ class ChatWandb(BaseChatModel, protocol.SamplingFields):
     """Extra top-level request fields (an unknown constructor argument is an error)."""
 
     _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    _check_role = field_validator("role")(check_role)
 
     @model_validator(mode="before")
     @classmethod

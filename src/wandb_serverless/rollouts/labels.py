@@ -45,14 +45,24 @@ _role: contextvars.ContextVar[str | None] = contextvars.ContextVar("wandb_role",
 _step: contextvars.ContextVar[str | None] = contextvars.ContextVar("wandb_step", default=None)
 
 
+def check_label(kind: str, name: Any) -> str:
+    """A role's or step's name, or ValueError: a non-empty string."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a {kind} name must be a non-empty string, not {name!r}")
+    return name
+
+
+def check_role(name: Any) -> str | None:
+    """An adapter's ``role=``: None (no role) or a role's name, as ``role()`` takes it."""
+    return None if name is None else check_label("role", name)
+
+
 class _Label:
     """``with role("planner"):`` / ``with step("search"):``: model turns recorded inside are
     labelled so (sync or async code; the innermost label wins)."""
 
     def __init__(self, var: contextvars.ContextVar[str | None], kind: str, name: str) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"a {kind} name must be a non-empty string, not {name!r}")
-        self._var, self.name = var, name
+        self._var, self.name = var, check_label(kind, name)
         self._tokens: list[contextvars.Token[str | None]] = []
 
     def __enter__(self) -> str:

@@ -36,12 +36,13 @@ from llama_index.llms.wandb.utils import (
     to_openai_messages,
     usage_kwargs,
 )
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError, field_validator
 
 from wandb_serverless import calls, profiles, tokens
 from wandb_serverless import chat as protocol
 from wandb_serverless.api.client import openai_client
 from wandb_serverless.config import ENV_API_KEY, ENV_PROJECT, Settings
+from wandb_serverless.rollouts.labels import check_role
 
 DEFAULT_CONTEXT_WINDOW = 8_192
 
@@ -94,6 +95,7 @@ class WandbLLM(FunctionCallingLLM, protocol.SamplingFields):
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
 
     _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _check_role = field_validator("role")(check_role)
 
     @property
     def api_base(self) -> str | None:
