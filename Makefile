@@ -42,8 +42,8 @@ test: lint
 test-fast: setup
 	$(PY) -m pytest -q -m "not model and not slow" $(PYTEST_ARGS)
 
-# `make demo DEMO_ARGS="--harmful-step 3 --groups 4"`: one step on corrupted rewards, to watch
-# the promotion gate keep it from agents
+# `make demo DEMO_ARGS="--harmful-step 3 --groups 4 --after-rejection restore"`: one step on
+# corrupted rewards, to watch the promotion gate keep it from agents and the loop go back
 demo: setup
 	$(PY) examples/demo.py $(DEMO_ARGS)
 

@@ -8,9 +8,10 @@ cities, and serves it to agents as `:production` only if it is not worse than th
 
     python examples/demo.py [--steps 4] [--groups 6] [--group-size 8] [--harmful-step N]
 
-`--harmful-step 3 --groups 4` trains step 3 on inverted rewards: `:latest` falls,
-`:production` stays, and the next good step is served again. (With the default 6 groups the
-policy is confident by step 3, and one inverted step barely moves its greedy answers.)
+`--harmful-step 3 --groups 4 --after-rejection restore` trains step 3 on inverted rewards:
+`:latest` falls, `:production` stays, and the next good step, trained on a copy of the served
+checkpoint, is served again. (With the default 6 groups the policy is confident by step 3, and
+one inverted step barely moves its greedy answers.)
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ async def train_loop(backend: LocalBackend, args: argparse.Namespace, started: f
         min_trainable_groups=getattr(args, "min_trainable_groups", 1),
         tolerance=getattr(args, "tolerance", 0.05),
         max_steps_off_policy=getattr(args, "max_steps_off_policy", 0),
+        after_rejection=getattr(args, "after_rejection", "continue"),
         train_config={"learning_rate": args.lr} if args.lr else None,  # None: the backend's
         state_dir=out / f"loop-{uuid.uuid4().hex[:8]}",  # a fresh loop per run
         store=store,
@@ -235,6 +237,8 @@ class Table:
         elapsed = time.monotonic() - self.started
         row = {
             "step": report.step,
+            "checkpoint": report.checkpoint,
+            "restored_from": report.restored_from,
             "train_reward": report.train_reward or 0.0,
             "trainable_groups": report.trainable_groups,
             "groups": report.groups,
@@ -258,6 +262,9 @@ class Table:
             f"{report.sampling_s:.0f}s",
             f"{report.training_s:.0f}s",
         )
+        if report.restored_from is not None:
+            print(f"     (trained on a copy of step {report.restored_from}: checkpoint "
+                  f"{report.checkpoint})", flush=True)  # fmt: skip
 
     def _row(self, step, reward, groups, held_out, served, served_step, decision, sample, train):
         served_text = "" if served is None else f"{served:.2f} ({served_step})"
@@ -364,6 +371,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="sample step k+1 while step k trains, from a policy at most this many steps old "
         "(default 0: in turn; measured in bench/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--after-rejection",
+        choices=("continue", "restore"),
+        default="continue",
+        help="after the gate rejects a checkpoint, train on from it (default), or from a copy "
+        "of the served one ('restore')",
     )
     parser.add_argument("--name", default="weather-agent", help="the trained model's name")
     parser.add_argument(

@@ -179,6 +179,17 @@ class TrainableModel:
         served_aliases(self).set(alias, step)
         return self.ref_for(alias)
 
+    def restore(self, step: int) -> int:
+        """Copy checkpoint ``step`` as the newest, so the next training job continues from it
+        (the newer checkpoints stay, servable). Returns the copy's step. Local backend only:
+        W&B's training API has no field to choose the checkpoint a job trains on."""
+        if self.hosted:
+            raise NotImplementedError(
+                "restore() needs the local backend: W&B's training API has no field to choose "
+                "the checkpoint a job trains on"
+            )
+        return int(self.client.local_checkpoints.copy(self.id, int(step))["step"])
+
     def checkpoint_steps(self) -> list[int]:
         """Every checkpoint's step, oldest first."""
         return sorted(c.step for c in self.client.checkpoints.iter(self.id))

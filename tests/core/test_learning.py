@@ -113,6 +113,31 @@ def test_the_state_follows_promotions_rejections_and_rollbacks(tmp_path):
     assert (state.promoted, state.promoted_score, list(state.earlier)) == (1, 0.5, [0])
 
 
+def test_a_copy_of_the_served_checkpoint_is_the_newest_with_its_score(tmp_path):
+    journal = Journal(tmp_path / "h.jsonl")
+    journal.append("evaluated", checkpoint=1, score=0.8)
+    journal.append("promoted", checkpoint=1, by="loop")
+    journal.append("trained", step=2, checkpoint=2)
+    journal.append("evaluated", checkpoint=2, score=0.1)
+    journal.append("rejected", checkpoint=2)
+    state = load_state(journal)
+    assert (state.latest, state.last_rejected) == (2, 2)  # the newest was rejected
+    journal.append("restored", step=3, checkpoint=3, source=1, rejected=2)
+    state = load_state(journal)
+    assert (state.latest, state.last_rejected, state.score(3)) == (3, 2, 0.8)
+    assert state.promoted == 1  # a copy is trained on, never served by itself
+
+
+def test_restoring_after_a_rejection_needs_the_local_backend(tmp_path):
+    async def play(scenario, sampling):
+        return 0.0
+
+    hosted = types.SimpleNamespace(hosted=True, base_model="b")
+    with pytest.raises(ValueError, match="after_rejection='restore' needs the local backend"):
+        LearningLoop(hosted, play, train_scenarios=["a"], eval_scenarios=["b"],  # type: ignore[arg-type]
+                     state_dir=tmp_path, after_rejection="restore", max_steps_off_policy=0)  # fmt: skip
+
+
 def test_a_stop_mid_step_leaves_what_resuming_needs(tmp_path):
     journal = Journal(tmp_path / "h.jsonl")
     journal.append("start", run_id="r1")
@@ -163,6 +188,8 @@ def _loop(tmp_path, **overrides):
         ({"eval_fn": "not a function"}, "eval_fn must be callable"),
         ({"role": ""}, "role must be a role's name"),
         ({"step_discount": 1.5}, "step_discount must be a number from 0 to 1"),
+        ({"after_rejection": "rewind"}, "after_rejection must be 'continue' or 'restore'"),
+        ({"after_rejection": "restore"}, "set max_steps_off_policy=0"),  # the default is 1
     ],
 )
 def test_bad_settings_are_errors_that_name_them(tmp_path, setting, message):

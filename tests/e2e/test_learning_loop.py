@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from wandb_serverless.learning import LearningLoop, Sampling
 pytestmark = pytest.mark.slow
 
 # held-out scores per checkpoint; checkpoint 2's evaluation fails (its rollout function raises)
-SCRIPTED = {0: 0.50, 1: 0.80, 2: None, 3: 0.78}
+SCRIPTED = {0: 0.50, 1: 0.80, 2: None, 3: 0.78, 4: 0.79}
 
 
 def served_step(backend, tm: TrainableModel) -> int | None:
@@ -112,6 +113,43 @@ def test_only_what_the_gate_promotes_is_served_and_every_decision_is_recorded(
         ("rollback", 1),
         ("promoted", 2),
     ]
+
+
+def adapter_distance(backend, tm: TrainableModel, a: int, b: int) -> float:
+    """How far apart two checkpoints' LoRA weights are (L2 over every tensor)."""
+    from safetensors.torch import load_file
+
+    state = backend.app.state.backend.state
+
+    def weights(step: int) -> dict:
+        return load_file(Path(state.checkpoint(tm.id, step).path) / "adapter_model.safetensors")
+
+    wa, wb = weights(a), weights(b)
+    return sum(float((wa[k] - wb[k]).float().pow(2).sum()) for k in wa) ** 0.5
+
+
+def test_after_a_rejection_the_next_step_trains_on_a_copy_of_the_served_checkpoint(
+    backend, tmp_path
+):
+    loop, tm, _ = make_loop(backend, tmp_path, after_rejection="restore", max_steps_off_policy=0)
+    reports = loop.run(steps=3)
+    assert [r.decision for r in reports] == ["promoted", "rejected", "promoted"]
+    # step 3 sampled from the served checkpoint 1, trained on its copy (3) and made 4
+    assert [r.checkpoint for r in reports] == [1, 2, 4] and reports[2].restored_from == 1
+    history = loop.history()
+    sampled = {r["step"]: r["policy_step"] for r in history if r["event"] == "sampled"}
+    assert sampled == {1: 0, 2: 1, 3: 1}  # 3: from the served 1, not the rejected 2
+    restored = [r for r in history if r["event"] == "restored"]
+    assert [(r["checkpoint"], r["source"], r["rejected"]) for r in restored] == [(3, 1, 2)]
+    training = {r["step"]: r["base_step"] for r in history if r["event"] == "training"}
+    assert training == {1: 0, 2: 1, 3: 3}
+    assert tm.served_step() == 4 and served_step(backend, tm) == 4
+    # the copy holds checkpoint 1's weights; checkpoint 4 grew from them, not from 2's
+    assert adapter_distance(backend, tm, 3, 1) == 0.0
+    assert adapter_distance(backend, tm, 4, 1) < adapter_distance(backend, tm, 4, 2)
+    copied = {c.step: c.metrics for c in tm.client.checkpoints.iter(tm.id)}
+    assert copied[3] == {"copied_from_step": 1.0}
+    assert "(on a copy of step 1)" in reports[2].line(0.05)
 
 
 def test_the_next_step_samples_while_this_one_trains_within_the_bound(backend, tmp_path):

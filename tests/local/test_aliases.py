@@ -92,3 +92,38 @@ def test_bad_aliases_and_steps_are_4xx(backend, trained, alias, body, status):
 def test_aliases_of_an_unknown_model_are_404_and_need_the_key(backend):
     assert http(backend, "GET", "/local/models/nope/aliases").status_code == 404
     assert httpx.get(backend.base_url + "/local/models/nope/aliases").status_code == 401
+
+
+def test_a_checkpoint_copied_as_the_newest_serves_its_weights(backend, oai, trained):
+    """``TrainableModel.restore`` (the loop's ``after_rejection="restore"``): a copy of an
+    earlier checkpoint becomes the newest, the one the next job trains on."""
+    greedy = {"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 8,
+              "temperature": 0, "logprobs": True}  # fmt: skip
+    copy = trained.restore(1)
+    assert copy == trained.latest_step() == max(trained.checkpoint_steps())
+    at = {s: oai.chat.completions.create(model=trained.ref_at(s), **greedy) for s in (1, copy)}
+    assert at[copy].choices[0].message.content == at[1].choices[0].message.content
+    assert [t.logprob for t in at[copy].choices[0].logprobs.content] == [
+        t.logprob for t in at[1].choices[0].logprobs.content
+    ]
+    steps = trained.checkpoint_steps()
+    path = f"/local/models/{trained.id}/checkpoints"
+    assert http(backend, "POST", f"{path}/99/copy").status_code == 404
+    assert http(backend, "POST", f"{path}/0/copy").status_code == 422  # the base model: no copy
+    assert http(backend, "POST", f"{path}/one/copy").status_code == 422
+    assert http(backend, "POST", "/local/models/nope/checkpoints/1/copy").status_code == 404
+    assert httpx.post(f"{backend.base_url}{path}/1/copy").status_code == 401
+    assert trained.checkpoint_steps() == steps  # nothing copied by a refused request
+
+
+def test_no_checkpoint_is_copied_while_a_job_of_the_model_runs(backend, oai, tmp_path):
+    store = RolloutStore(tmp_path / "r.db")
+    sampled_rollouts(oai, 4, store=store)
+    tm = TrainableModel(f"busy-{uuid.uuid4().hex[:6]}", "aliases", backend.model_id,
+                        client=backend.client(), history_dir=tmp_path, progress=False)  # fmt: skip
+    tm.train_rl(store.groups(), {"learning_rate": 1e-5})
+    job = tm.submit_rl(store.groups(), {"learning_rate": 1e-5})
+    refused = http(backend, "POST", f"/local/models/{tm.id}/checkpoints/1/copy")
+    assert refused.status_code == 409 and "queued or running" in refused.text
+    tm.wait(job)
+    assert tm.restore(1) == 3 and tm.checkpoint_steps() == [1, 2, 3]

@@ -33,6 +33,7 @@ from wandb_serverless.api.resources import (
     AsyncEvents,
     AsyncLocalAliases,
     AsyncLocalArtifacts,
+    AsyncLocalCheckpoints,
     AsyncModels,
     AsyncTrainingJobs,
     BaseModels,
@@ -40,6 +41,7 @@ from wandb_serverless.api.resources import (
     Events,
     LocalAliases,
     LocalArtifacts,
+    LocalCheckpoints,
     Models,
     TrainingJobs,
     check_event,
@@ -195,6 +197,7 @@ class Client(_BaseClient):
         self.training_jobs = TrainingJobs(self)
         self.local_artifacts = LocalArtifacts(self)
         self.local_aliases = LocalAliases(self)
+        self.local_checkpoints = LocalCheckpoints(self)
         self._owns_http = http_client is None
         self._httpx = http_client or httpx.Client(timeout=self.timeout)
         self._http = SyncHTTP(self._httpx, self._policy, self.settings.require_api_key())
@@ -279,6 +282,7 @@ class AsyncClient(_BaseClient):
         self.training_jobs = AsyncTrainingJobs(self)
         self.local_artifacts = AsyncLocalArtifacts(self)
         self.local_aliases = AsyncLocalAliases(self)
+        self.local_checkpoints = AsyncLocalCheckpoints(self)
         self._owns_http = http_client is None
         self._httpx = http_client or httpx.AsyncClient(timeout=self.timeout)
         self._http = AsyncHTTP(self._httpx, self._policy, self.settings.require_api_key())

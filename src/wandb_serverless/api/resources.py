@@ -249,6 +249,15 @@ class LocalAliases(Resource):
         return self._call("DELETE", f"/local/models/{model_id}/aliases/{alias}", dict)
 
 
+class LocalCheckpoints(Resource):
+    """Local extension: a checkpoint copied as the newest, so that training continues from it
+    (``POST /local/models/{id}/checkpoints/{step}/copy``). W&B's API has no counterpart."""
+
+    def copy(self, model_id: str, step: int) -> dict[str, Any]:
+        """``{"model_id", "step": the copy's step, "copied_from_step"}``."""
+        return self._call("POST", f"/local/models/{model_id}/checkpoints/{int(step)}/copy", dict)
+
+
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -326,3 +335,8 @@ class AsyncLocalAliases(Resource):
     list = _awaitable(LocalAliases.list)
     set = _awaitable(LocalAliases.set)
     delete = _awaitable(LocalAliases.delete)
+
+
+class AsyncLocalCheckpoints(Resource):
+    __doc__ = LocalCheckpoints.__doc__
+    copy = _awaitable(LocalCheckpoints.copy)

@@ -5,8 +5,9 @@ keeps only that in memory (bounded), never the records themselves.
 Records (``event`` field): ``start`` (the run's id and settings), ``sampled`` (a step's groups
 and the policy they came from), ``training`` (a job about to be created: the base step it
 trains on), ``job`` (its ID), ``trained`` / ``skipped`` / ``train_failed``, ``evaluated``,
-``promoted`` / ``rejected`` / ``rollback`` (every decision, by the loop or by hand), ``step``
-(what a step cost).
+``promoted`` / ``rejected`` / ``rollback`` (every decision, by the loop or by hand),
+``restored`` (the served checkpoint copied as the newest, to train on after a rejection),
+``step`` (what a step cost).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class LoopState:
     scores: OrderedDict[int, float] = field(default_factory=OrderedDict)
     earlier: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED))
     failures: int = 0  # consecutive failed training jobs
+    last_rejected: int | None = None  # the newest checkpoint the gate kept from agents
 
     def score(self, step: int) -> float | None:
         return self.scores.get(step)
@@ -178,6 +180,13 @@ class LoopState:
 
     def _on_rejected(self, r: dict[str, Any]) -> None:
         self._decided(r["checkpoint"])
+        self.last_rejected = max(self.last_rejected or 0, r["checkpoint"])
+
+    def _on_restored(self, r: dict[str, Any]) -> None:
+        self.latest = max(self.latest, r["checkpoint"])
+        source_score = self.score(r["source"])
+        if source_score is not None:  # the same weights: the same score
+            self.remember(r["checkpoint"], source_score)
 
     def _on_rollback(self, r: dict[str, Any]) -> None:
         if self.earlier and self.earlier[-1] == r["to"]:

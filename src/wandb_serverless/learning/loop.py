@@ -89,6 +89,12 @@ class LearningLoop:
     checkpoint it would train on is dropped and counted (0: sample, then train, in turn).
     Everything the loop decides goes to ``state_dir/history.jsonl`` first; run it again
     after any stop and it continues from its last finished step.
+
+    After the gate rejects the newest checkpoint, the next step trains on from it
+    (``after_rejection="continue"``, as on W&B) or, on the local backend, from a
+    copy of the served checkpoint (``"restore"``: ``TrainableModel.restore``), sampled from
+    the served one too; sampling then waits for each checkpoint's evaluation (so restoring
+    needs ``max_steps_off_policy=0``).
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class LearningLoop:
         progress: bool = True,
         role: str | None = None,
         step_discount: float = 1.0,
+        after_rejection: Literal["continue", "restore"] = "continue",
     ) -> None:
         check_settings(locals())
         self.model = model
@@ -132,12 +139,18 @@ class LearningLoop:
         self.train_config, self.score_group, self.seed = train_config, score_group, seed
         self.progress = progress
         self.role, self.step_discount = role, step_discount
+        self.after_rejection = after_rejection
         self.state_dir = Path(state_dir)
         self.journal = Journal(self.state_dir / "history.jsonl")
         self.store = store or RolloutStore(self.state_dir / "rollouts.db")
         self.reports: deque[StepReport] = deque(maxlen=1000)  # this process's latest steps
         self.on_step: Callable[[StepReport], Any] | None = None  # the demo prints its table
         self._aliases = served_aliases(model)
+        if after_rejection == "restore" and model.hosted:
+            raise ValueError(
+                "after_rejection='restore' needs the local backend: W&B's training API has no "
+                "field to choose the checkpoint a job trains on"
+            )
         self._held = False
         self._baseline = 0  # what a fresh loop serves first: the alias's step, else the newest
         self.state: LoopState = load_state(self.journal)
@@ -250,11 +263,26 @@ class LearningLoop:
             await out.put(sample)
 
     def _may_sample(self, step: int) -> bool:
-        """Whether sampling ``step`` stays within ``max_off`` steps of the last trained one."""
+        """Whether sampling ``step`` stays within ``max_off`` steps of the last trained one
+        (and, when restoring after rejections, comes after every checkpoint's judgement)."""
+        if self.after_rejection == "restore" and self.state.undecided:
+            return False
         return self.state.done_through >= step - 1 - self.max_off
+
+    def _restoring(self) -> bool:
+        """Whether the next step goes back to the served checkpoint: the newest was rejected."""
+        state = self.state
+        return (
+            self.after_rejection == "restore"
+            and state.promoted is not None
+            and state.promoted > 0  # the base model is no checkpoint to copy
+            and state.last_rejected == state.latest
+        )
 
     def _sampling_policy(self) -> int:
         latest, promoted = self.state.latest, self.state.promoted
+        if self._restoring() and promoted is not None:
+            return promoted
         if self.sample_from == "promoted" and promoted is not None:
             if promoted >= latest - self.max_off:
                 return promoted
@@ -264,8 +292,13 @@ class LearningLoop:
 
     async def _train(self, step: int, sample: StepSample, checks: asyncio.Queue) -> None:
         report = StepReport.sampled(step, sample.record())
-        base = await asyncio.to_thread(self.model.latest_step)
-        fresh, report.dropped_stale_groups = fresh_groups(sample.groups, base, self.max_off)
+        base = policy = await asyncio.to_thread(self.model.latest_step)
+        if self._restoring() and self.state.promoted is not None:
+            policy = report.restored_from = self.state.promoted
+            base = await asyncio.to_thread(self.model.restore, policy)
+            self._record("restored", step=step, checkpoint=base, source=policy,
+                         rejected=self.state.last_rejected)  # fmt: skip
+        fresh, report.dropped_stale_groups = fresh_groups(sample.groups, policy, self.max_off)
         if self.role is not None:  # the turns of this loop's role; the others are context
             fresh = role_groups(fresh, self.role)
         kept, _ = trainable_groups(fresh, discount=self.step_discount)
@@ -335,6 +368,7 @@ class LearningLoop:
         if report is not None:
             report.decision, report.reason = ("promoted" if promote else "rejected"), reason
             self._report(report, evaluation)
+        await self._notify()  # sampling may wait for this judgement
 
     async def _evaluate(self, checkpoint: int) -> Evaluation:
         evaluation = await evaluate(
@@ -426,7 +460,7 @@ class LearningLoop:
             "eval_scenarios": len(self.eval_scenarios), "eval_samples": self.eval_samples,
             "tolerance": self.tolerance, "max_steps_off_policy": self.max_off,
             "sample_from": self.sample_from, "seed": self.seed, "role": self.role,
-            "step_discount": self.step_discount,
+            "step_discount": self.step_discount, "after_rejection": self.after_rejection,
         }  # fmt: skip
 
     @contextlib.contextmanager

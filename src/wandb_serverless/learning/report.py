@@ -18,6 +18,7 @@ class StepReport:
     outcome: str  # "trained", "skipped" or "train_failed"
     checkpoint: int | None = None
     policy_step: int | None = None
+    restored_from: int | None = None  # trained on a copy of this served step (after a rejection)
     rollouts: int = 0
     failed_rollouts: int = 0
     timed_out: int = 0
@@ -87,6 +88,11 @@ class StepReport:
             f"{self.trainable_groups}/{self.groups} groups"
             + (f" ({self.dropped_stale_groups} too stale)" if self.dropped_stale_groups else "")
             + f", {self.tokens_trained:,} tokens -> checkpoint {self.checkpoint}"
+            + (
+                f" (on a copy of step {self.restored_from})"
+                if self.restored_from is not None
+                else ""
+            )
         )
         score = "failed" if self.eval_score is None else f"{self.eval_score:.2f}"
         served = "" if self.served_score is None else f" ({self.served_score:.2f})"

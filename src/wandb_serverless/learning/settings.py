@@ -32,6 +32,14 @@ def check_settings(args: dict[str, Any]) -> None:
         raise ValueError(f"max_steps_off_policy must be a whole number >= 0, not {value!r}")
     if args["sample_from"] not in ("latest", "promoted"):
         raise ValueError(f"sample_from must be 'latest' or 'promoted', not {args['sample_from']!r}")
+    if args["after_rejection"] not in ("continue", "restore"):
+        value = args["after_rejection"]
+        raise ValueError(f"after_rejection must be 'continue' or 'restore', not {value!r}")
+    if args["after_rejection"] == "restore" and args["max_steps_off_policy"] != 0:
+        raise ValueError(
+            "after_rejection='restore' samples each step after the last checkpoint is judged: "
+            "set max_steps_off_policy=0"
+        )
     if not is_valid_alias(args["alias"]):
         raise ValueError(f"alias {args['alias']!r} is not {ALIAS_RULE}")
     if not isinstance(args["tolerance"], int | float) or not args["tolerance"] >= 0:

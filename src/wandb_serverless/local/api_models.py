@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.exceptions import HTTPException
 
 from wandb_serverless.api.types import DeleteCheckpointsRequest, LogRequest, ModelCreate
-from wandb_serverless.local.artifacts import adapter_name, delete_checkpoints
+from wandb_serverless.local.artifacts import adapter_name, copy_checkpoint, delete_checkpoints
 from wandb_serverless.local.backend import Backend, backend_of, require_key
 from wandb_serverless.local.checks import invalid, log_metrics, require_finite
 from wandb_serverless.local.state import ModelRow, page
@@ -100,6 +101,29 @@ async def delete_model_checkpoints(
         backend.engine.drop_adapter(adapter_name(checkpoint.id))
     delete_checkpoints(backend.state, model_id, [c.path for c in deleted])
     return {"deleted_count": len(deleted), "not_found_steps": missing}
+
+
+@router.post(LOCAL + "/{model_id}/checkpoints/{step}/copy")
+async def copy_model_checkpoint(
+    model_id: str, step: int = Path(..., ge=1, le=MAX_STEP), backend: Backend = Depends(backend_of)
+) -> dict[str, Any]:
+    """Local extension: checkpoint ``step``'s adapter again as the newest checkpoint, so that the
+    next training job continues from it (a learning loop going back to the checkpoint it serves
+    after rejecting a newer one). Its optimizer state is not copied: the next job starts AdamW
+    afresh. Refused (409) while a job of the model is queued or running."""
+    model_or_404(backend, model_id)
+    state = backend.state
+    source = state.checkpoint(model_id, step)
+    if source is None:
+        steps = [c.step for c in state.checkpoints(model_id)]
+        raise HTTPException(404, f"Model {model_id} has no checkpoint at step {step} ({steps=})")
+    if state.unfinished_jobs(model_id):
+        raise HTTPException(409, f"Model {model_id} has a training job queued or running")
+    new = state.latest_step(model_id) + 1
+    target = copy_checkpoint(state, model_id, FilePath(source.path), new)
+    state.add_checkpoint(model_id, new, target)
+    state.set_metrics(model_id, new, {"copied_from_step": float(step)})
+    return {"model_id": model_id, "step": new, "copied_from_step": step}
 
 
 @router.post(PREVIEW + "/{model_id}/log")

@@ -51,6 +51,20 @@ def write_checkpoint(
     return target
 
 
+def copy_checkpoint(state: State, model_id: str, source: Path, step: int) -> Path:
+    """Copy a checkpoint's adapter (not its optimizer state) as ``stepN``, atomically."""
+    target = state.adapters_dir / model_id / f"step{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=".copying-", dir=target.parent))
+    try:
+        shutil.copytree(
+            source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(OPTIMIZER_FILE)
+        )
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def delete_checkpoints(state: State, model_id: str, paths: list[str] | None = None) -> None:
     """Remove the given checkpoint directories, or all of a model's (``paths=None``)."""
     targets = [state.adapters_dir / model_id] if paths is None else [Path(p) for p in paths]

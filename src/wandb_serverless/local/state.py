@@ -302,6 +302,14 @@ class State:
         )
         return _job_row(rows[0]) if rows else None
 
+    def unfinished_jobs(self, model_id: str) -> int:
+        """How many of the model's jobs are queued or running."""
+        rows = self._all(
+            "SELECT COUNT(*) FROM jobs WHERE model_id=? AND status IN ('queued', 'running')",
+            model_id,
+        )
+        return int(rows[0][0])
+
     def set_job_status(self, job_id: str, status: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET status=? WHERE id=?", (status, job_id))
