@@ -126,6 +126,8 @@ def test_a_copy_of_the_served_checkpoint_is_the_newest_with_its_score(tmp_path):
     state = load_state(journal)
     assert (state.latest, state.last_rejected, state.score(3)) == (3, 2, 0.8)
     assert state.promoted == 1  # a copy is trained on, never served by itself
+    # its groups, sampled from 1, are as fresh for the copy as for 1 (also after a restart)
+    assert (state.trained_on(3), state.trained_on(2)) == (1, 2)
 
 
 def test_restoring_after_a_rejection_needs_the_local_backend(tmp_path):

@@ -115,6 +115,13 @@ class LoopState:
     earlier: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED))
     failures: int = 0  # consecutive failed training jobs
     last_rejected: int | None = None  # the newest checkpoint the gate kept from agents
+    last_copy: tuple[int, int] | None = None  # (copy, source) of the last restore
+
+    def trained_on(self, base: int) -> int:
+        """The checkpoint whose weights ``base`` holds: its source if it is the last copy."""
+        if self.last_copy is not None and self.last_copy[0] == base:
+            return self.last_copy[1]
+        return base
 
     def score(self, step: int) -> float | None:
         return self.scores.get(step)
@@ -184,6 +191,7 @@ class LoopState:
 
     def _on_restored(self, r: dict[str, Any]) -> None:
         self.latest = max(self.latest, r["checkpoint"])
+        self.last_copy = (r["checkpoint"], r["source"])
         source_score = self.score(r["source"])
         if source_score is not None:  # the same weights: the same score
             self.remember(r["checkpoint"], source_score)

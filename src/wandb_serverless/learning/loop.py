@@ -292,12 +292,14 @@ class LearningLoop:
 
     async def _train(self, step: int, sample: StepSample, checks: asyncio.Queue) -> None:
         report = StepReport.sampled(step, sample.record())
-        base = policy = await asyncio.to_thread(self.model.latest_step)
+        base = await asyncio.to_thread(self.model.latest_step)
         if self._restoring() and self.state.promoted is not None:
-            policy = report.restored_from = self.state.promoted
-            base = await asyncio.to_thread(self.model.restore, policy)
-            self._record("restored", step=step, checkpoint=base, source=policy,
+            source = self.state.promoted
+            base = await asyncio.to_thread(self.model.restore, source)
+            self._record("restored", step=step, checkpoint=base, source=source,
                          rejected=self.state.last_rejected)  # fmt: skip
+        policy = self.state.trained_on(base)  # a copy holds its source's weights
+        report.restored_from = policy if policy != base else None
         fresh, report.dropped_stale_groups = fresh_groups(sample.groups, policy, self.max_off)
         if self.role is not None:  # the turns of this loop's role; the others are context
             fresh = role_groups(fresh, self.role)
