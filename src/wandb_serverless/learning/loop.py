@@ -269,20 +269,18 @@ class LearningLoop:
             return False
         return self.state.done_through >= step - 1 - self.max_off
 
-    def _restoring(self) -> bool:
-        """Whether the next step goes back to the served checkpoint: the newest was rejected."""
-        state = self.state
-        return (
-            self.after_rejection == "restore"
-            and state.promoted is not None
-            and state.promoted > 0  # the base model is no checkpoint to copy
-            and state.last_rejected == state.latest
-        )
+    def _restore_to(self) -> int | None:
+        """The served checkpoint the next step goes back to (the newest was rejected), or None."""
+        state, promoted = self.state, self.state.promoted
+        if self.after_rejection != "restore" or not promoted:  # the base model has no copy
+            return None
+        return promoted if state.last_rejected == state.latest else None
 
     def _sampling_policy(self) -> int:
         latest, promoted = self.state.latest, self.state.promoted
-        if self._restoring() and promoted is not None:
-            return promoted
+        restore = self._restore_to()
+        if restore is not None:
+            return restore
         if self.sample_from == "promoted" and promoted is not None:
             if promoted >= latest - self.max_off:
                 return promoted
@@ -293,8 +291,8 @@ class LearningLoop:
     async def _train(self, step: int, sample: StepSample, checks: asyncio.Queue) -> None:
         report = StepReport.sampled(step, sample.record())
         base = await asyncio.to_thread(self.model.latest_step)
-        if self._restoring() and self.state.promoted is not None:
-            source = self.state.promoted
+        source = self._restore_to()
+        if source is not None:
             base = await asyncio.to_thread(self.model.restore, source)
             self._record("restored", step=step, checkpoint=base, source=source,
                          rejected=self.state.last_rejected)  # fmt: skip

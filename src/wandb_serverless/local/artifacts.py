@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +35,41 @@ def adapter_name(checkpoint_id: str) -> str:
     return f"ckpt-{checkpoint_id}"
 
 
-def write_checkpoint(
-    state: State, model_id: str, step: int, model: Any, optimizer: Any | None = None
-) -> Path:
-    """Write the adapter (and the optimizer state, if given) as ``stepN``, atomically."""
+def _checkpoint_dir(state: State, model_id: str, step: int, fill: Callable[[Path], object]) -> Path:
+    """``adapters/model_id/stepN``, filled by ``fill`` in a temporary directory, then renamed."""
     target = state.adapters_dir / model_id / f"step{step}"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        fill(tmp)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_checkpoint(
+    state: State, model_id: str, step: int, model: Any, optimizer: Any | None = None
+) -> Path:
+    """Write the adapter (and the optimizer state, if given) as ``stepN``, atomically."""
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+
+    return _checkpoint_dir(state, model_id, step, fill)
 
 
 def copy_checkpoint(state: State, model_id: str, source: Path, step: int) -> Path:
     """Copy a checkpoint's adapter (not its optimizer state) as ``stepN``, atomically."""
-    target = state.adapters_dir / model_id / f"step{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=".copying-", dir=target.parent))
-    try:
-        shutil.copytree(
-            source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(OPTIMIZER_FILE)
-        )
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    ignore = shutil.ignore_patterns(OPTIMIZER_FILE)
+    return _checkpoint_dir(
+        state,
+        model_id,
+        step,
+        lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=ignore),
+    )
 
 
 def delete_checkpoints(state: State, model_id: str, paths: list[str] | None = None) -> None:
