@@ -97,10 +97,13 @@ def stored(loop: Loop) -> dict[str, tuple[float, str]]:
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
-        return {
-            row[0]: (row[1], row[2])
-            for row in db.execute("SELECT id, created, data FROM trajectories")
-        }
+        try:
+            rows = db.execute("SELECT id, created, data FROM trajectories").fetchall()
+        except sqlite3.OperationalError as exc:  # the file exists, its schema not yet
+            if "no such table" in str(exc):
+                return {}
+            raise
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def test_killed_while_sampling_it_keeps_every_finished_rollout(backend, tmp_path):
