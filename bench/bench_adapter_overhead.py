@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 
 import openai
 from instant_server import start
+from interleave import interleaved
 from langchain_openai import ChatOpenAI
 from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai_like import OpenAILike
@@ -24,12 +24,6 @@ from langchain_wandb import ChatWandb
 
 ROUNDS = 400
 MESSAGES = [{"role": "user", "content": "Hello"}]
-
-
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def run() -> dict[str, float]:
@@ -57,13 +51,7 @@ def run() -> dict[str, float]:
         "openailike_chat": lambda: li_openai.chat(li_messages),
         "wandbllm_chat": lambda: li_ours.chat(li_messages),
     }
-    for fn in cases.values():  # warm up connections and imports
-        for _ in range(20):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(ROUNDS):  # interleaved: every case sees the same machine state
-        for name, fn in cases.items():
-            samples[name].append(timed(fn))
+    samples = interleaved(cases, ROUNDS)  # every case sees the same machine state
     server.shutdown()
     median = {name: statistics.median(values) * 1e6 for name, values in samples.items()}
     result = dict(median)

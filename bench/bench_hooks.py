@@ -9,12 +9,15 @@ Trajectory is built when first used, so "on" times the recording; "on + trajecto
 builds it (validation of every token's logprob, as a store does at exit). Also reported: the
 LangChain handler path for runs without ``rollout()`` (each run its own rollout), and what
 langchain-core itself costs per call for any handler (an empty one), and what capturing a
-plain openai client's call costs (``wandb_serverless.capture``: the same call inside a rollout
-and outside one, where the SDK is not patched).
+plain openai client's call costs (``wandb_serverless.capture``: the same call, streamed or not,
+inside a rollout and outside one, where the wrapper hands it straight on), with the part of it
+the SDK itself spends parsing the logprobs and token ids capture asks for, and with the
+trajectory built.
 
 The server runs in its own process, as a real one does (in-process, its Python work shared
 the client's GIL). The machine's speed drifts between seconds, so every figure is paired:
-per-call costs within a round of all cases, throughputs as per-round ratios of back-to-back
+per-call costs within a round of all cases (in a shuffled order: a call after another kind of
+call pays for colder caches, and a fixed order gave that to the same cases every round), throughputs as per-round ratios of back-to-back
 500-rollout bursts (order alternating), medians over rounds.
 """
 
@@ -25,15 +28,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 from instant_server import start_process
+from interleave import interleaved
 from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_wandb import ChatWandb, RolloutCallbackHandler
 from wandb_serverless.rollouts import RolloutStore, rollout
 
-ROUNDS = 400
+ROUNDS = 1500  # a median of paired differences: its error shrinks as 1/sqrt(rounds)
+HELLO = [{"role": "user", "content": "Hello"}]
 CONCURRENT = 500
 BURST_ROUNDS = 30
 
@@ -86,8 +92,12 @@ def run() -> dict[str, float]:
         empty = Empty()
         oai = openai.OpenAI(base_url=url, api_key="k", max_retries=3)  # a framework's own client
 
-        def sdk_call() -> None:
-            oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hello"}])
+        def sdk_call(**extra: Any) -> None:
+            oai.chat.completions.create(model="m", messages=HELLO, **extra)
+
+        def sdk_stream() -> None:
+            for _ in oai.chat.completions.create(model="m", messages=HELLO, stream=True):
+                pass
 
         cases = {
             "off": lambda: llm.invoke("Hello"),
@@ -97,16 +107,13 @@ def run() -> dict[str, float]:
             "empty_handler": lambda: llm.invoke("Hello", config={"callbacks": [empty]}),
             "sdk_off": sdk_call,
             "sdk_on": lambda: _in_rollout(sdk_call),
+            "sdk_on_built": lambda: _in_rollout(sdk_call, build=True),
+            # what the SDK itself spends on the tokens capture asks for (no rollout: not captured)
+            "sdk_tokens": lambda: sdk_call(logprobs=True, extra_body={"return_token_ids": True}),
+            "sdk_stream_off": sdk_stream,
+            "sdk_stream_on": lambda: _in_rollout(sdk_stream),
         }
-        for fn in cases.values():
-            for _ in range(20):
-                fn()
-        samples: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(ROUNDS):
-            for name, fn in cases.items():
-                started = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - started)
+        samples = interleaved(cases, ROUNDS)
         median = {name: statistics.median(values) for name, values in samples.items()}
         off = median["off"]
         # paired per round (the machine's speed drifts between rounds, not within one)
@@ -116,9 +123,15 @@ def run() -> dict[str, float]:
             )
             for name in ("on", "on_built", "handler", "empty_handler")
         }
-        cost["sdk_on"] = statistics.median(
-            a - b for a, b in zip(samples["sdk_on"], samples["sdk_off"], strict=True)
-        )
+        for name, base in [
+            ("sdk_on", "sdk_off"),
+            ("sdk_on_built", "sdk_off"),
+            ("sdk_tokens", "sdk_off"),
+            ("sdk_stream_on", "sdk_stream_off"),
+        ]:
+            cost[name] = statistics.median(
+                a - b for a, b in zip(samples[name], samples[base], strict=True)
+            )
         step = _agent_step_s(llm)
 
         async def loop(record: bool) -> float:
@@ -159,6 +172,10 @@ def run() -> dict[str, float]:
         "langchain_any_handler_cost_us": cost["empty_handler"] * 1e6,
         "openai_sdk_call_us_off": median["sdk_off"] * 1e6,
         "openai_sdk_capture_cost_us": cost["sdk_on"] * 1e6,
+        "openai_sdk_capture_with_trajectory_us": cost["sdk_on_built"] * 1e6,
+        "openai_sdk_tokens_cost_us": cost["sdk_tokens"] * 1e6,
+        "openai_sdk_stream_call_us_off": median["sdk_stream_off"] * 1e6,
+        "openai_sdk_stream_capture_cost_us": cost["sdk_stream_on"] * 1e6,
         "rollouts_per_s_off": plain_rate,
         "rollouts_per_s_on": recorded_rate,
         "concurrent_throughput_ratio": statistics.median(paired),

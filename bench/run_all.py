@@ -30,6 +30,7 @@ TARGETS = {
     "constrained_slowdown": ("<= 0.15", lambda v: v <= 0.15),
     "hook_cost_us": ("<= 100", lambda v: v <= 100),
     "openai_sdk_capture_cost_us": ("<= 100", lambda v: v <= 100),
+    "openai_sdk_stream_capture_cost_us": ("<= 100", lambda v: v <= 100),
     "rl_step_vs_raw_peft": ("<= 1.2", lambda v: v <= 1.2),
     "hook_cost_fraction": ("<= 0.03", lambda v: v <= 0.03),
     "concurrent_throughput_ratio": (">= 0.8", lambda v: v >= 0.8),
@@ -70,6 +71,13 @@ README_ROWS = [  # (what, measured, target), formatted with this run's results
         "trace hook per LLM call, recording on vs off",
         "{hook_cost_us:+.0f} µs, {hook_cost_fraction:.1%} of an agent step",
         "≤ 100 µs, ≤ 3%",
+    ),
+    (
+        "any framework's openai-SDK call, captured in a rollout vs outside one, whole / "
+        "streamed (the SDK's own parse of the tokens capture asks for, which capture spares "
+        "the caller: {openai_sdk_tokens_cost_us:+.0f} µs)",
+        "{openai_sdk_capture_cost_us:+.0f} µs / {openai_sdk_stream_capture_cost_us:+.0f} µs",
+        "≤ 100 µs",
     ),
     (
         "500 concurrent rollouts, recording on vs off (median of 30 paired bursts, quartiles)",
