@@ -4,12 +4,19 @@ client: from the first rollout (or ``capture_openai()``) on, the SDK's
 ``chat.completions.create`` (sync and async) is wrapped, and the wrapper acts only while a
 rollout is open in the caller's context: there each call asks for exact tokens (``logprobs``
 and vLLM's ``return_token_ids``, unless the caller set ``logprobs``) and its turn, streamed or
-not, goes through the same recording path as our adapters' (``calls.record_reply`` /
-``calls.record_streamed``): a call a trace hook watches is recorded once. Elsewhere a call goes
-straight to the SDK's own method. ``uninstall()`` puts the SDK's methods back; ``disable()``
-(or ``WANDB_SERVERLESS_CAPTURE=0``) also keeps them back. It stays wrapped between rollouts:
-switching a class attribute for every rollout cost more than the wrapper's check (measured,
-bench/RESULTS.md).
+not, is recorded into the rollout as our adapters' turns are (labels, usage, a call a trace
+hook watches recorded once). Elsewhere a call goes straight to the SDK's own method.
+
+What a call pays for (bench/RESULTS.md, "Trace hooks"): a whole reply is read as JSON by
+capture and parsed by the SDK for the caller without the logprobs and token ids only capture
+asked for (the caller gets what it asked for, and the SDK builds no object a token); a stream's
+turn is taken down as plain values as its chunks pass (``capture_streams``). What the call
+must know at once (usage, whether token ids came back, the labels) is read then; the turn is
+converted when the trajectory is built (``recorder.record_later``).
+
+``uninstall()`` puts the SDK's methods back; ``disable()`` (or ``WANDB_SERVERLESS_CAPTURE=0``)
+also keeps them back. It stays wrapped between rollouts: switching a class attribute for every
+rollout cost more than the wrapper's check (measured, bench/RESULTS.md).
 
 Not recorded: the Responses API (a warning, once a process: point the framework at chat
 completions, e.g. the Agents SDK's ``set_default_openai_api("chat_completions")``), and calls
@@ -25,18 +32,27 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai import _models as openai_models
 from openai._legacy_response import LegacyAPIResponse
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.resources.responses import AsyncResponses, Responses
 
-from wandb_serverless.calls import record_reply, record_streamed
-from wandb_serverless.chat.parse import StreamAccumulator, as_dict, parse_completion
-from wandb_serverless.rollouts.recorder import Rollout, current_rollout, on_rollout_open
+from wandb_serverless.capture_streams import RecordedStream, StreamTurn
+from wandb_serverless.chat.parse import as_dict, parse_completion
+from wandb_serverless.rollouts.recorder import (
+    RECORDING_GUARD,
+    Rollout,
+    current_rollout,
+    on_rollout_open,
+    record_later,
+    recorded_choice,
+)
+from wandb_serverless.usage import record_usage
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +80,12 @@ def _warn_once(key: str, message: str, *args: Any) -> None:
         log.warning(message + " (said once a process)", *args)
 
 
+_NOT_GIVEN = (openai.NotGiven, openai.Omit)
+_STREAMS = (openai.Stream, openai.AsyncStream)
+
+
 def _given(value: Any) -> bool:
-    return value is not None and not isinstance(value, openai.NotGiven | openai.Omit)
+    return value is not None and not isinstance(value, _NOT_GIVEN)
 
 
 def ask_for_tokens(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -89,36 +109,84 @@ def _as_request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_reply(request: dict[str, Any], result: Any) -> None:
-    completions = parse_completion(result)
-    if completions and completions[0].raw_choice.get("token_ids") is None:
-        raw = completions[0].raw_choice
-        if raw.get("logprobs") is not None:
-            STATS.without_token_ids += 1
-            _warn_once(
-                "ids",
-                "a captured call to %s returned logprobs but no token ids: its turn is kept "
-                "as context, not trained (counted in wandb_serverless.capture.STATS)",
-                request.get("model"),
-            )
-        completions[0].raw_choice = {**raw, "logprobs": None}
-    record_reply(request, completions)
+    """Record a response's first choice (``result``: the response's JSON data, or the SDK's
+    object): what the call must know now (usage, whether token ids came back, the labels) is
+    read at once; the turn's conversion waits for the trajectory's build (``record_later``)."""
+    usage = _field(result, "usage")
+    if usage is not None:
+        used = (_field(usage, "prompt_tokens") or 0, _field(usage, "completion_tokens") or 0)
+        record_usage(request.get("model"), *used)
+    choices = _field(result, "choices") or []
+    if not choices:
+        return
+    first = choices[0]
+    logprobs, ids = _field(first, "logprobs") is not None, _field(first, "token_ids") is not None
+    exact = _exact(request, logprobs, ids)
+    record_later(
+        request["messages"],
+        request.get("tools"),
+        lambda: _reply_turn(result, exact),
+        model=request.get("model"),
+    )
+    run = current_rollout()
+    if run is not None and len(choices) > 1:
+        run.note_unrecorded_choices(len(choices) - 1)
     STATS.recorded += 1
 
 
-def _record_stream(request: dict[str, Any], turn: StreamAccumulator) -> None:
-    if turn.logprobs and not turn.token_ids:
+def _field(part: Any, name: str) -> Any:
+    """A field of a response (or a part of one), as JSON data or as the SDK's object: the
+    fields its types do not declare (vLLM's ``token_ids``) included."""
+    if isinstance(part, dict):
+        return part.get(name)
+    value = getattr(part, name, None)
+    return value if value is not None else (getattr(part, "model_extra", None) or {}).get(name)
+
+
+def _exact(request: dict[str, Any], logprobs: bool, token_ids: bool) -> bool:
+    """Whether the turn can be trained on: logprobs and token ids came back. Logprobs without
+    token ids (a server that does not return them) are counted and logged, never re-tokenised."""
+    if logprobs and not token_ids:
         STATS.without_token_ids += 1
-        _warn_once("ids", "a captured stream returned logprobs but no token ids: kept as context")
-        turn.logprobs = []
-    record_streamed(request, turn)
+        _warn_once(
+            "ids",
+            "a captured call to %s returned logprobs but no token ids: its turn is kept "
+            "as context, not trained (counted in wandb_serverless.capture.STATS)",
+            request.get("model"),
+        )
+    return logprobs and token_ids
+
+
+def _reply_turn(result: Any, exact: bool) -> dict[str, Any]:
+    first = parse_completion(result)[0]
+    raw = first.raw_choice
+    return recorded_choice(
+        raw.get("message") or {},
+        finish_reason=first.finish_reason,
+        logprobs=raw.get("logprobs") if exact else None,
+        token_ids=raw.get("token_ids"),
+        prompt_token_ids=first.metadata.get("prompt_token_ids"),
+    )
+
+
+def _record_stream(request: dict[str, Any], turn: StreamTurn) -> None:
+    """Record a stream's turn (converted at the trajectory's build)."""
+    usage = turn.usage
+    if usage is not None:
+        record_usage(request.get("model"), usage.prompt_tokens or 0, usage.completion_tokens or 0)
+    exact = _exact(request, bool(turn.logprobs), bool(turn.token_ids))
+    record_later(
+        request["messages"],
+        request.get("tools"),
+        lambda: turn.choice(exact),
+        model=request.get("model"),
+    )
     STATS.recorded += 1
 
 
 def _in_rollout(record: Callable[[], None]) -> None:
     """Record into the open rollout, or (``capture_openai()`` outside any) a rollout of its
     own; a failure is logged and counted, never raised into the agent."""
-    from wandb_serverless.rollouts.recorder import RECORDING_GUARD
-
     if current_rollout() is not None or _global is None:
         RECORDING_GUARD.run(record)
         return
@@ -130,67 +198,10 @@ def _capturing() -> bool:
     return current_rollout() is not None or _global is not None
 
 
-class _RecordedStream:
-    """A ``Stream`` / ``AsyncStream`` that hands on every chunk and records the turn at the end."""
-
-    def __init__(self, stream: Any, request: dict[str, Any]) -> None:
-        self._stream, self._request = stream, request
-        self._turn = StreamAccumulator()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def _add(self, chunk: Any) -> Any:
-        self._turn.add(as_dict(chunk))
-        return chunk
-
-    def _end(self) -> None:
-        request, self._request = self._request, None  # type: ignore[assignment]
-        if request is not None:
-            _in_rollout(lambda: _record_stream(request, self._turn))
-
-    def __iter__(self) -> Iterator[Any]:
-        for chunk in self._stream:
-            yield self._add(chunk)
-        self._end()
-
-    def __next__(self) -> Any:
-        try:
-            return self._add(next(self._stream))
-        except StopIteration:
-            self._end()
-            raise
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        async for chunk in self._stream:
-            yield self._add(chunk)
-        self._end()
-
-    async def __anext__(self) -> Any:
-        try:
-            return self._add(await self._stream.__anext__())
-        except StopAsyncIteration:
-            self._end()
-            raise
-
-    def __enter__(self) -> _RecordedStream:
-        self._stream.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stream.__exit__(*exc)
-
-    async def __aenter__(self) -> _RecordedStream:
-        await self._stream.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._stream.__aexit__(*exc)
-
-
 def _handle(request: dict[str, Any], result: Any) -> Any:
-    if isinstance(result, openai.Stream | openai.AsyncStream):
-        return _RecordedStream(result, _as_request(request))
+    if isinstance(result, _STREAMS):
+        sent = _as_request(request)
+        return RecordedStream(result, lambda turn: _in_rollout(lambda: _record_stream(sent, turn)))
     if isinstance(result, openai.BaseModel):
         _in_rollout(lambda: _record_reply(_as_request(request), result))
     elif isinstance(result, LegacyAPIResponse):  # with_raw_response (LangChain's ChatOpenAI)
@@ -207,7 +218,47 @@ def _handle(request: dict[str, Any], result: Any) -> Any:
 def _raw_stream(kwargs: dict[str, Any]) -> bool:
     """``with_streaming_response``: the caller reads raw HTTP, there is no turn to record."""
     headers = kwargs.get("extra_headers")
-    return isinstance(headers, dict) and headers.get("X-Stainless-Raw-Response") == "stream"
+    return isinstance(headers, dict) and headers.get(_RAW) == "stream"
+
+
+_RAW = "X-Stainless-Raw-Response"  # how the SDK's with_raw_response asks for the raw response
+
+
+def _read_raw(request: dict[str, Any]) -> dict[str, Any] | None:
+    """A whole (not streamed) call whose caller wants the parsed object: sent as
+    ``with_raw_response`` sends it, so that capture reads the JSON itself (``_reply``). None for
+    a stream, or a caller that asked for the raw response itself (LangChain's ChatOpenAI)."""
+    headers = request.get("extra_headers")
+    if request.get("stream") or (isinstance(headers, dict) and _RAW in headers):
+        return None
+    return {**request, "extra_headers": {**(headers or {}), _RAW: "true"}}
+
+
+def _reply(asked: dict[str, Any], request: dict[str, Any], raw: Any) -> Any:
+    """The caller's object, as the SDK parses it, from the response without the logprobs and
+    token ids that only capture asked for (the caller gets what it asked for, and the SDK does
+    not build an object a token: ~60-120 µs a call, measured); the JSON as it came is recorded.
+    Whatever capture cannot read goes to the SDK's own parse, which raises as it would."""
+    try:
+        data = raw.http_response.json()
+        parsed = raw._client._process_response_data(
+            data=_as_asked(data, asked), cast_to=raw._cast_to, response=raw.http_response
+        )
+        openai_models.add_request_id(parsed, raw.request_id)
+    except Exception:
+        STATS.unparsed += 1
+        return _handle(request, raw.parse())
+    _in_rollout(lambda: _record_reply(_as_request(request), data))
+    return parsed
+
+
+def _as_asked(data: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+    drop = set() if _given(asked.get("logprobs")) else {"logprobs"}
+    if "return_token_ids" not in (asked.get("extra_body") or {}):
+        drop |= {"token_ids", "prompt_token_ids"}
+    out = {k: v for k, v in data.items() if k not in drop}
+    out["choices"] = [{k: v for k, v in c.items() if k not in drop} for c in data["choices"]]
+    return out
 
 
 def _wrap_create(original: Any) -> Any:
@@ -216,6 +267,9 @@ def _wrap_create(original: Any) -> Any:
         if args or not _capturing() or _raw_stream(kwargs):
             return original(self, *args, **kwargs)
         request = ask_for_tokens(kwargs)
+        sent = _read_raw(request)
+        if sent is not None:
+            return _reply(kwargs, request, original(self, **sent))
         return _handle(request, original(self, **request))
 
     return create
@@ -227,6 +281,9 @@ def _wrap_acreate(original: Any) -> Any:
         if args or not _capturing() or _raw_stream(kwargs):
             return await original(self, *args, **kwargs)
         request = ask_for_tokens(kwargs)
+        sent = _read_raw(request)
+        if sent is not None:
+            return _reply(kwargs, request, await original(self, **sent))
         return _handle(request, await original(self, **request))
 
     return create

@@ -15,6 +15,8 @@ from support.fault_server import Reply
 from wandb_serverless import capture, capture_openai
 from wandb_serverless.rollouts import RolloutStore, role, rollout
 from wandb_serverless.rollouts.credit import turn_of
+from wandb_serverless.rollouts.guard import RECORDING_GUARD
+from wandb_serverless.usage import metered
 
 KEY = "sk-test"
 USER = [{"role": "user", "content": "hi"}]
@@ -50,11 +52,15 @@ def test_a_plain_client_call_in_a_rollout_is_recorded_with_exact_tokens(fault_se
     fault_server.on(
         "POST", "/chat/completions", Reply(200, completion(EXACT, prompt_token_ids=[1, 2]))
     )
+    fault_server.routes[("POST", "/v1/chat/completions")][0].headers["x-request-id"] = "req-1"
     oai = client(fault_server)
     with rollout() as run, role("helper"):
         reply = oai.chat.completions.create(model="m", messages=USER)
     assert capture.installed()
-    assert reply.choices[0].message.content == "hello"  # the caller gets what it asked for
+    # the caller gets what it asked for: the tokens capture asked for are not in its object
+    assert reply.choices[0].message.content == "hello" and reply.choices[0].logprobs is None
+    assert not reply.choices[0].model_extra and not reply.model_extra
+    assert reply._request_id == "req-1"
 
     sent = fault_server.calls("POST", "/chat/completions")[0].body
     assert sent["logprobs"] is True and sent["return_token_ids"] is True
@@ -68,6 +74,29 @@ def test_a_plain_client_call_in_a_rollout_is_recorded_with_exact_tokens(fault_se
     oai.chat.completions.create(model="m", messages=USER)  # outside any rollout: untouched
     assert "logprobs" not in fault_server.calls("POST", "/chat/completions")[1].body
     assert capture.STATS.recorded >= 1
+
+
+def test_logprobs_the_caller_asked_for_itself_reach_it(fault_server):
+    fault_server.on("POST", "/chat/completions", Reply(200, completion(EXACT)))
+    with rollout() as run:
+        reply = client(fault_server).chat.completions.create(
+            model="m", messages=USER, logprobs=True
+        )
+    assert reply.choices[0].logprobs.content[0].logprob == -0.2
+    assert "token_ids" not in reply.choices[0].model_extra  # that one only capture asked for
+    assert len(run.trajectory.choices()) == 1
+
+
+def test_a_reply_capture_cannot_read_meets_the_sdks_own_handling(fault_server):
+    fault_server.on("POST", "/chat/completions", Reply(200, "not json"))
+    oai = client(fault_server)
+    with pytest.raises(ValueError) as outside:  # the SDK: a JSONDecodeError
+        oai.chat.completions.create(model="m", messages=USER)
+    before = capture.STATS.unparsed
+    with rollout() as run, pytest.raises(ValueError) as inside:
+        oai.chat.completions.create(model="m", messages=USER)
+    assert type(inside.value) is type(outside.value)  # what the caller sees is unchanged
+    assert capture.STATS.unparsed == before + 1 and run.trajectory.model_turns() == 0
 
 
 def test_the_callers_own_choice_of_logprobs_is_kept(fault_server):
@@ -193,3 +222,73 @@ def test_disabled_capture_leaves_the_sdk_as_it_was_and_records_nothing(fault_ser
     assert not wrapped(Completions) and not capture.installed()
     with rollout():
         assert wrapped(Completions)
+
+
+def lp(token_id: int) -> dict:
+    return {"content": [{"token": f"token_id:{token_id}", "logprob": -0.5, "top_logprobs": []}]}
+
+
+USAGE_CHUNK = {**chunk({}), "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+def test_a_stream_records_text_reasoning_tokens_and_its_usage(fault_server):
+    body = sse(
+        {**chunk({"role": "assistant", "content": "", "reasoning_content": "hm"}),
+         "prompt_token_ids": [1, 2]},
+        chunk({"content": "hel"}, logprobs=lp(8), token_ids=[8]),
+        chunk({"content": "lo"}, "stop", logprobs=lp(9), token_ids=[9]),
+        USAGE_CHUNK,
+    )  # fmt: skip
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+    )
+    with metered() as meter, rollout() as run:
+        chunks = list(
+            client(fault_server).chat.completions.create(model="m", messages=USER, stream=True)
+        )
+    assert len(chunks) == 4
+    (choice,) = run.trajectory.choices()
+    assert choice.message.content == "hello" and choice.message.model_extra["reasoning"] == "hm"
+    assert choice.model_extra["token_ids"] == [8, 9]
+    assert choice.model_extra["prompt_token_ids"] == [1, 2]
+    assert [t.logprob for t in choice.logprobs.content] == [-0.5, -0.5]
+    count = meter.total("model")  # a captured stream's usage is counted as a reply's is
+    assert (count.calls, count.prompt_tokens, count.completion_tokens) == (1, 5, 2)
+
+
+def test_a_chunk_capture_cannot_read_leaves_the_stream_whole_and_records_no_turn(fault_server):
+    unreadable = chunk({"content": "x"}, logprobs={"content": "not a list"}, token_ids=[8])
+    body = sse(unreadable, chunk({"content": "y"}, "stop", logprobs=lp(9), token_ids=[9]))
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+    )
+    errors = RECORDING_GUARD.errors
+    with rollout() as run:
+        stream = client(fault_server).chat.completions.create(model="m", messages=USER, stream=True)
+        texts = [c.choices[0].delta.content for c in stream]
+    assert texts == ["x", "y"]  # the framework gets every chunk
+    assert run.trajectory.model_turns() == 0  # no turn with tokens missing: none at all
+    assert RECORDING_GUARD.errors == errors + 1
+
+
+def test_a_reply_is_converted_when_the_trajectory_is_built_and_a_failure_leaves_it_out(
+    fault_server, monkeypatch
+):
+    fault_server.on("POST", "/chat/completions", Reply(200, completion(EXACT)))
+    real, converted = capture.parse_completion, []
+
+    def failing_second(result):
+        converted.append(result)
+        if len(converted) == 2:
+            raise RuntimeError("conversion failed")
+        return real(result)
+
+    monkeypatch.setattr(capture, "parse_completion", failing_second)
+    errors = RECORDING_GUARD.errors
+    oai = client(fault_server)
+    with rollout() as run:
+        oai.chat.completions.create(model="m", messages=USER)
+        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "other"}])
+        assert converted == []  # the calls paid for a reference, not a conversion
+    assert len(run.trajectory.choices()) == 1 and len(converted) == 2
+    assert RECORDING_GUARD.errors == errors + 1

@@ -218,7 +218,7 @@ def test_a_failing_recorder_does_not_change_the_answer(llm, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("recorder exploded")
 
-    monkeypatch.setattr(recorder, "make_choice", boom)  # where the adapters' turns are recorded
+    monkeypatch.setattr(recorder, "recorded_choice", boom)  # where the adapters' turns are built
     errors = recorder.RECORDING_GUARD.errors
     with rollout(group="broken") as run:
         assert llm.invoke("Name a color.").content == baseline

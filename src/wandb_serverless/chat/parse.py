@@ -37,7 +37,8 @@ class Usage:
         )
 
 
-def _reasoning(message: dict[str, Any]) -> str | None:
+def reasoning_text(message: dict[str, Any]) -> str | None:
+    """A message's or delta's reasoning, under either name servers use."""
     # W&B's current docs say `reasoning`; older servers (and vLLM < 0.17) `reasoning_content`.
     return message.get("reasoning") or message.get("reasoning_content") or None
 
@@ -90,7 +91,7 @@ def parse_completion(response: Any) -> list[Completion]:
         out.append(
             Completion(
                 content=message.get("content") or "",
-                reasoning=_reasoning(message),
+                reasoning=reasoning_text(message),
                 tool_calls=calls,
                 finish_reason=choice.get("finish_reason"),
                 model=data.get("model"),
@@ -158,7 +159,7 @@ class StreamParser:
         choice = choices[0]
         body = choice.get("delta") or {}
         delta.content = body.get("content") or ""
-        delta.reasoning = _reasoning(body) or ""
+        delta.reasoning = reasoning_text(body) or ""
         for call in body.get("tool_calls") or []:
             function = call.get("function") or {}
             delta.tool_calls.append(

@@ -24,20 +24,26 @@ class HookGuard:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            self.errors += 1
-            if not self._logged:
-                self._logged = True
-                if isinstance(exc, self.expected):
-                    log.warning(
-                        "%s failed: %s (the agent is unaffected; said once, errors are counted)",
-                        self.name,
-                        exc,
-                    )
-                else:
-                    log.exception(
-                        "%s failed; the agent is unaffected (errors are counted)", self.name
-                    )
+            self.failed(exc)
             return None
+
+    def failed(self, exc: Exception) -> None:
+        """Count (and the first time, log) an error caught outside ``run``."""
+        self.errors += 1
+        if not self._logged:
+            self._logged = True
+            if isinstance(exc, self.expected):
+                log.warning(
+                    "%s failed: %s (the agent is unaffected; said once, errors are counted)",
+                    self.name,
+                    exc,
+                )
+            else:
+                log.error(
+                    "%s failed; the agent is unaffected (errors are counted)",
+                    self.name,
+                    exc_info=exc,
+                )
 
 
 #: Guards ``record_call``: the model layer (``wandb_serverless.calls``) recording our adapters'

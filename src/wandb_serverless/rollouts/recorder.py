@@ -13,9 +13,9 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import threading
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,14 @@ from wandb_serverless.rollouts.labels import (
     step,
     turn_labels,
 )
-from wandb_serverless.rollouts.turns import LLMCall, build_trajectory, make_choice, merge_calls
+from wandb_serverless.rollouts.turns import (
+    LLMCall,
+    PendingTurn,
+    build_trajectory,
+    make_choice,
+    merge_calls,
+    recorded_choice,
+)
 from wandb_serverless.trajectory import NO_TURNS, Trajectory
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ __all__ = [
     "HookGuard",
     "LLMCall",
     "ObservedCall",
+    "PendingTurn",
     "Rollout",
     "current_rollout",
     "end_observation",
@@ -49,7 +57,9 @@ __all__ = [
     "merge_calls",
     "observe_call",
     "on_rollout_open",
+    "record_later",
     "record_turn",
+    "recorded_choice",
     "role",
     "rollout",
     "step",
@@ -64,6 +74,7 @@ _current: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
 
 
 _ON_OPEN: list[Callable[[], None]] = []
+_SCALARS = (str, int, float, bool, type(None))  # the metadata a trajectory keeps
 
 
 def on_rollout_open(fn: Callable[[], None]) -> None:
@@ -117,18 +128,42 @@ def _record(
     model: str | None,
     role: str | None,
 ) -> bool:
-    run = _current.get()
-    if run is None:
-        return False
-    body = {k: v for k, v in message.items() if k != "role" and v is not None}
-    body.setdefault("content", None)
-    choice = make_choice(
-        body,
+    choice = recorded_choice(
+        message,
         finish_reason=finish_reason,
         logprobs=logprobs,
         token_ids=token_ids,
         prompt_token_ids=prompt_token_ids,
     )
+    return _add(messages, tools, choice, model, role)
+
+
+def record_later(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    convert: Callable[[], dict[str, Any]],
+    *,
+    model: str | None = None,
+) -> bool:
+    """``record_turn`` for a turn converted when first read (``recorded_choice`` data from
+    ``convert()``, at the latest when the trajectory is built): what capturing an openai
+    client's call records, so that the call itself pays for a reference, not a conversion.
+    The labels (role, step) are taken now. True if a rollout was open; never raises."""
+    if _current.get() is None:
+        return False
+    return bool(RECORDING_GUARD.run(_add, messages, tools, PendingTurn(convert), model, None))
+
+
+def _add(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    choice: dict[str, Any] | PendingTurn,
+    model: str | None,
+    role: str | None,
+) -> bool:
+    run = _current.get()
+    if run is None:
+        return False
     run.add_call(LLMCall(messages, tools, choice, turn_labels(model, role)))
     observed = _observed.get()
     if observed is not None:
@@ -143,7 +178,7 @@ class Rollout:
     group: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     store: RolloutStore | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: os.urandom(16).hex())  # as uuid4().hex, cheaper
     reward: float = 0.0
     metrics: dict[str, float | int | bool] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
@@ -277,7 +312,8 @@ class Rollout:
         with self._lock:
             calls, results = list(self.calls), dict(self.tool_results)
             step_rewards = dict(self.step_rewards)
-        metadata = {**self.metadata, "rollout_id": self.id}
+        metadata = {k: v for k, v in self.metadata.items() if isinstance(v, _SCALARS)}
+        metadata["rollout_id"] = self.id
         if self.group is not None:
             metadata["group"] = self.group
         logs = list(self.logs)
@@ -287,11 +323,7 @@ class Rollout:
         fields = {
             "reward": float(self.reward),
             "metrics": dict(self.metrics),
-            "metadata": {
-                k: v
-                for k, v in metadata.items()
-                if isinstance(v, str | int | float | bool) or v is None
-            },
+            "metadata": metadata,
             "logs": logs,
         }
         if self.policy_step is not None:

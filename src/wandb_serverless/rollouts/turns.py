@@ -3,6 +3,7 @@ conversation merge into one history (ART's prefix rule), the others become side 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,29 +17,57 @@ from wandb_serverless.trajectory import (
 )
 
 
+class PendingTurn:
+    """A model turn kept as the client returned it (an openai SDK response, a stream's chunks)
+    and converted to ``make_choice`` data when first read, at the latest when the trajectory is
+    built: recording a captured call then costs a reference, not a conversion. A conversion
+    that fails is counted on ``RECORDING_GUARD`` and the turn left out (``None``)."""
+
+    __slots__ = ("_convert", "_turn")
+
+    def __init__(self, convert: Callable[[], dict[str, Any]]) -> None:
+        self._convert: Callable[[], dict[str, Any]] | None = convert
+        self._turn: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any] | None:
+        convert, self._convert = self._convert, None
+        if convert is not None:  # once; the client's objects are let go
+            self._turn = RECORDING_GUARD.run(convert)
+        return self._turn
+
+
 @dataclass
 class LLMCall:
     """One model call: what was sent, the tools offered, and the model's turn.
 
-    ``choice`` is JSON data (what ``make_choice`` returns) or a ``Choice``: recording keeps the
-    server's data as it came, and it is validated once, when the trajectory is built.
+    ``choice`` is JSON data (what ``make_choice`` returns), a ``Choice``, or a ``PendingTurn``
+    (converted when first read): recording keeps the server's data as it came, and it is
+    validated once, when the trajectory is built.
     ``labels`` (model, role, step) go onto a trainable turn as its ``turn`` field, with its
     index among the rollout's calls and its step reward (``rollouts.credit``).
     """
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
-    choice: dict[str, Any] | Choice
+    choice: dict[str, Any] | Choice | PendingTurn
     labels: dict[str, Any] = field(default_factory=dict)
+
+    def turn(self) -> dict[str, Any] | Choice | None:
+        """The model's turn (a pending one converted now; None if its conversion failed)."""
+        choice = self.choice
+        return choice.get() if isinstance(choice, PendingTurn) else choice
 
     def exact(self) -> bool:
         """Whether the turn came with the model's logprobs (a turn training can use)."""
-        if isinstance(self.choice, Choice):
-            return self.choice.logprobs is not None
-        return self.choice.get("logprobs") is not None
+        choice = self.turn()
+        if isinstance(choice, Choice):
+            return choice.logprobs is not None
+        return choice is not None and choice.get("logprobs") is not None
 
     def tool_call_ids(self) -> list[str]:
-        choice = self.choice
+        choice = self.turn()
+        if choice is None:
+            return []
         if isinstance(choice, Choice):
             return [c.id for c in choice.message.tool_calls or []]
         message = choice.get("message", choice)
@@ -70,6 +99,14 @@ def make_choice(
     return data
 
 
+def recorded_choice(message: dict[str, Any], **tokens: Any) -> dict[str, Any]:
+    """An assistant ``message`` and its exact tokens (``make_choice``'s keyword arguments) as
+    the recorded turn: fields the server left empty are dropped, ``content`` is always there."""
+    body = {k: v for k, v in message.items() if k != "role" and v is not None}
+    body.setdefault("content", None)
+    return make_choice(body, **tokens)
+
+
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
@@ -93,7 +130,10 @@ def merge_calls(calls: list[LLMCall]) -> tuple[History | None, list[History]]:
     """Prefix-merge calls into histories: the first is the main one, the rest side ones."""
     merged: list[tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]] | None]] = []
     for call in calls:
-        turn = _as_message(call.choice)
+        choice = call.turn()
+        if choice is None:
+            continue
+        turn = _as_message(choice)
         for items, known, tools in merged:
             if (
                 len(known) <= len(call.messages)
@@ -101,11 +141,11 @@ def merge_calls(calls: list[LLMCall]) -> tuple[History | None, list[History]]:
                 and all(_same(k, m) for k, m in zip(known, call.messages, strict=False))
             ):
                 new = call.messages[len(known) :]
-                items += [*new, call.choice]
+                items += [*new, choice]
                 known += [*new, turn]
                 break
         else:
-            merged.append(([*call.messages, call.choice], [*call.messages, turn], call.tools))
+            merged.append(([*call.messages, choice], [*call.messages, turn], call.tools))
     histories = [History(messages_and_choices=items, tools=tools) for items, _, tools in merged]
     if not histories:
         return None, []
@@ -137,7 +177,9 @@ def build_trajectory(
 
 
 def _validated(call: LLMCall, index: int, reward: float | None) -> LLMCall | None:
-    choice = call.choice
+    choice = call.turn()
+    if choice is None:  # a pending turn whose conversion failed (counted by the guard)
+        return None
     if call.exact():
         turn = {**call.labels, "index": index}
         if reward is not None:
