@@ -9,10 +9,11 @@ hook watches recorded once). Elsewhere a call goes straight to the SDK's own met
 
 What a call pays for (bench/RESULTS.md, "Trace hooks"): a whole reply is read as JSON by
 capture and parsed by the SDK for the caller without the logprobs and token ids only capture
-asked for (the caller gets what it asked for, and the SDK builds no object a token); a stream's
-turn is taken down as plain values as its chunks pass (``capture_streams``). What the call
-must know at once (usage, whether token ids came back, the labels) is read then; the turn is
-converted when the trajectory is built (``recorder.record_later``).
+asked for (the caller gets what it asked for, and the SDK builds no object a token); a stream
+is the SDK's own, its bytes kept as they arrive and its turn recorded when the SDK closes it
+after the server's ``[DONE]`` (``capture_streams``). What the call must know at once (usage,
+the labels) is read then; the turn is converted when the trajectory is built
+(``recorder.record_later``).
 
 ``uninstall()`` puts the SDK's methods back; ``disable()`` (or ``WANDB_SERVERLESS_CAPTURE=0``)
 also keeps them back. It stays wrapped between rollouts: switching a class attribute for every
@@ -21,8 +22,9 @@ rollout cost more than the wrapper's check (measured, bench/RESULTS.md).
 Not recorded: the Responses API (a warning, once a process: point the framework at chat
 completions, e.g. the Agents SDK's ``set_default_openai_api("chat_completions")``), and calls
 through ``with_streaming_response`` (raw HTTP, no parsed turn; ``with_raw_response``, which
-LangChain's ChatOpenAI uses, is recorded). A
-response without token ids (a server that does not return them) is kept as context, never
+LangChain's ChatOpenAI uses, is recorded), and a stream whose ``[DONE]`` never came (cut,
+or closed before the server finished; one the caller stops reading after that is recorded
+whole, as the model made it). A response without token ids (a server that does not return them) is kept as context, never
 trained on re-tokenised text: counted in ``STATS`` and logged once.
 """
 
@@ -42,7 +44,7 @@ from openai._legacy_response import LegacyAPIResponse
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.resources.responses import AsyncResponses, Responses
 
-from wandb_serverless.capture_streams import RecordedStream, StreamTurn
+from wandb_serverless.capture_streams import accumulate, tap
 from wandb_serverless.chat.parse import as_dict, parse_completion
 from wandb_serverless.rollouts.recorder import (
     RECORDING_GUARD,
@@ -52,7 +54,7 @@ from wandb_serverless.rollouts.recorder import (
     record_later,
     recorded_choice,
 )
-from wandb_serverless.usage import record_usage
+from wandb_serverless.usage import metering, record_usage
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def _given(value: Any) -> bool:
 
 def ask_for_tokens(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The call's arguments, asking for logprobs and token ids unless the caller chose."""
-    request = {k: v for k, v in kwargs.items() if _given(v)}
+    request = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, _NOT_GIVEN)}
     request.setdefault("logprobs", True)
     if request["logprobs"]:
         request["extra_body"] = {"return_token_ids": True, **(request.get("extra_body") or {})}
@@ -100,7 +102,9 @@ def ask_for_tokens(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _as_request(kwargs: dict[str, Any]) -> dict[str, Any]:
     """What was sent, as plain JSON-like dicts (the recorder's messages and tools)."""
     request = dict(kwargs)
-    request["messages"] = [as_dict(m) for m in kwargs.get("messages") or []]
+    request["messages"] = [
+        m if type(m) is dict else as_dict(m) for m in kwargs.get("messages") or []
+    ]
     if _given(kwargs.get("tools")):
         request["tools"] = [as_dict(t) for t in kwargs["tools"]]
     else:
@@ -108,28 +112,28 @@ def _as_request(kwargs: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _record_reply(request: dict[str, Any], result: Any) -> None:
+def _record_reply(kwargs: dict[str, Any], result: Any) -> None:
     """Record a response's first choice (``result``: the response's JSON data, or the SDK's
     object): what the call must know now (usage, whether token ids came back, the labels) is
     read at once; the turn's conversion waits for the trajectory's build (``record_later``)."""
-    usage = _field(result, "usage")
+    request = _as_request(kwargs)
+    get = dict.get if type(result) is dict else _field  # capture's own JSON: the main path
+    usage = get(result, "usage")
     if usage is not None:
-        used = (_field(usage, "prompt_tokens") or 0, _field(usage, "completion_tokens") or 0)
+        used = (get(usage, "prompt_tokens") or 0, get(usage, "completion_tokens") or 0)
         record_usage(request.get("model"), *used)
-    choices = _field(result, "choices") or []
+    choices = get(result, "choices") or []
     if not choices:
         return
     first = choices[0]
-    logprobs, ids = _field(first, "logprobs") is not None, _field(first, "token_ids") is not None
-    exact = _exact(request, logprobs, ids)
+    exact = _exact(request, get(first, "logprobs") is not None, get(first, "token_ids") is not None)
     record_later(
         request["messages"],
         request.get("tools"),
         lambda: _reply_turn(result, exact),
         model=request.get("model"),
     )
-    run = current_rollout()
-    if run is not None and len(choices) > 1:
+    if len(choices) > 1 and (run := current_rollout()) is not None:
         run.note_unrecorded_choices(len(choices) - 1)
     STATS.recorded += 1
 
@@ -169,41 +173,62 @@ def _reply_turn(result: Any, exact: bool) -> dict[str, Any]:
     )
 
 
-def _record_stream(request: dict[str, Any], turn: StreamTurn) -> None:
-    """Record a stream's turn (converted at the trajectory's build)."""
-    usage = turn.usage
-    if usage is not None:
-        record_usage(request.get("model"), usage.prompt_tokens or 0, usage.completion_tokens or 0)
-    exact = _exact(request, bool(turn.logprobs), bool(turn.token_ids))
+def _record_stream(request: dict[str, Any], raw: bytes) -> None:
+    """Record a finished stream's turn from its bytes (parsed at the trajectory's build; at
+    once only for a ``metered()`` block, which counts its usage)."""
+    if metering():
+        usage = accumulate(raw).usage
+        if usage is not None:
+            record_usage(request.get("model"), usage.input_tokens, usage.output_tokens)
     record_later(
         request["messages"],
         request.get("tools"),
-        lambda: turn.choice(exact),
+        lambda: _stream_turn(request, raw),
         model=request.get("model"),
     )
     STATS.recorded += 1
 
 
-def _in_rollout(record: Callable[[], None]) -> None:
-    """Record into the open rollout, or (``capture_openai()`` outside any) a rollout of its
-    own; a failure is logged and counted, never raised into the agent."""
+def _stream_turn(request: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    turn = accumulate(raw)
+    exact = _exact(request, bool(turn.logprobs), bool(turn.token_ids))
+    return recorded_choice(
+        turn.message(),
+        finish_reason=turn.finish_reason,
+        logprobs={"content": turn.logprobs} if exact else None,
+        token_ids=turn.token_ids or None,
+        prompt_token_ids=turn.prompt_token_ids,
+    )
+
+
+def _in_rollout(record: Callable[..., None], *args: Any) -> None:
+    """``record(*args)`` into the open rollout, or (``capture_openai()`` outside any) a rollout
+    of its own; a failure is logged and counted, never raised into the agent."""
     if current_rollout() is not None or _global is None:
-        RECORDING_GUARD.run(record)
+        RECORDING_GUARD.run(record, *args)
         return
     with Rollout(group=_global["group"], store=_global["store"]):
-        RECORDING_GUARD.run(record)
+        RECORDING_GUARD.run(record, *args)
 
 
 def _capturing() -> bool:
     return current_rollout() is not None or _global is not None
 
 
+def _passes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a call goes straight to the SDK: positional arguments (not the SDK's), outside
+    any rollout and ``capture_openai()``, or ``with_streaming_response``."""
+    if args or (current_rollout() is None and _global is None):
+        return True
+    return "extra_headers" in kwargs and _raw_stream(kwargs)
+
+
 def _handle(request: dict[str, Any], result: Any) -> Any:
     if isinstance(result, _STREAMS):
         sent = _as_request(request)
-        return RecordedStream(result, lambda turn: _in_rollout(lambda: _record_stream(sent, turn)))
+        return tap(result, lambda raw: _in_rollout(_record_stream, sent, raw))
     if isinstance(result, openai.BaseModel):
-        _in_rollout(lambda: _record_reply(_as_request(request), result))
+        _in_rollout(_record_reply, request, result)
     elif isinstance(result, LegacyAPIResponse):  # with_raw_response (LangChain's ChatOpenAI)
         parsed = result.parse()  # parsed once: the SDK caches it for the caller's parse()
         handled = _handle(request, parsed)
@@ -248,7 +273,7 @@ def _reply(asked: dict[str, Any], request: dict[str, Any], raw: Any) -> Any:
     except Exception:
         STATS.unparsed += 1
         return _handle(request, raw.parse())
-    _in_rollout(lambda: _record_reply(_as_request(request), data))
+    _in_rollout(_record_reply, request, data)
     return parsed
 
 
@@ -264,7 +289,7 @@ def _as_asked(data: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
 def _wrap_create(original: Any) -> Any:
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if args or not _capturing() or _raw_stream(kwargs):
+        if _passes(args, kwargs):
             return original(self, *args, **kwargs)
         request = ask_for_tokens(kwargs)
         sent = _read_raw(request)
@@ -278,7 +303,7 @@ def _wrap_create(original: Any) -> Any:
 def _wrap_acreate(original: Any) -> Any:
     @functools.wraps(original)
     async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if args or not _capturing() or _raw_stream(kwargs):
+        if _passes(args, kwargs):
             return await original(self, *args, **kwargs)
         request = ask_for_tokens(kwargs)
         sent = _read_raw(request)

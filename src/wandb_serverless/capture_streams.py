@@ -1,147 +1,115 @@
-"""Captured streams (``wandb_serverless.capture``): the SDK's stream handed on chunk by chunk,
-and the turn taken down as plain values as the chunks pass, for the recorder at the end."""
+"""Captured streams (``wandb_serverless.capture``): the caller gets the SDK's own stream,
+untouched; capture keeps the bytes as they arrive (a reference to each network read, nothing
+done a chunk) and parses the turn from them when the trajectory is built.
+
+Measured (bench/RESULTS.md, "Trace hooks"): wrapping the stream and taking the turn down as the
+chunks passed cost ~2 µs a chunk for the wrapper's generator and as much again for reading the
+chunk, on a call the framework has just left (cold caches).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from wandb_serverless.chat.parse import StreamAccumulator, as_dict, reasoning_text
-from wandb_serverless.rollouts.recorder import RECORDING_GUARD, recorded_choice
+import openai
+
+from wandb_serverless.chat.parse import StreamAccumulator
+from wandb_serverless.rollouts.recorder import RECORDING_GUARD, Rollout, current_rollout
 
 
-class StreamTurn:
-    """A streamed turn taken down as its chunks pass, as plain values: text, reasoning,
-    tool-call fragments, logprobs, token ids. Holding the SDK's chunk objects (or any object
-    of them) until the end made the caller's stream ~10 µs a chunk slower (measured,
-    bench/RESULTS.md: the memory they hold), converting each chunk whole as it passed, more."""
+class _Received:
+    """A stream's bytes so far, and what to do with them once it ends."""
 
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []  # fragments, merged by index at the end
-        self.logprobs: list[tuple[Any, ...]] = []
-        self.token_ids: list[int] = []
-        self.prompt_token_ids: list[int] | None = None
-        self.finish_reason: str | None = None
-        self.usage: Any = None
+    __slots__ = ("on_end", "parts", "run")
 
-    def add(self, chunk: Any) -> None:
-        # attributes only (``__pydantic_extra__`` is what ``model_extra`` returns, without a
-        # property call): this runs for every chunk, between the SDK's own work on it
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.__pydantic_extra__:
-            self._extra(chunk.__pydantic_extra__)
-        choices = chunk.choices
-        if not choices:
-            return
-        choice = choices[0]
-        delta = choice.delta
-        if delta.content:
-            self.text.append(delta.content)
-        if delta.__pydantic_extra__:
-            self.reasoning.append(reasoning_text(delta.__pydantic_extra__) or "")
-        if delta.tool_calls:
-            self.tool_calls += [as_dict(call) for call in delta.tool_calls]
-        if choice.finish_reason:
-            self.finish_reason = choice.finish_reason
-        if choice.logprobs is not None and choice.logprobs.content:
-            self.logprobs += [
-                (e.token, e.logprob, e.bytes, e.top_logprobs) for e in choice.logprobs.content
-            ]
-        if choice.__pydantic_extra__:
-            self._extra(choice.__pydantic_extra__)
+    def __init__(self, on_end: Callable[[bytes], None], run: Rollout | None) -> None:
+        self.parts: list[bytes] = []
+        self.on_end: Callable[[bytes], None] | None = on_end
+        self.run = run
 
-    def _extra(self, extra: dict[str, Any]) -> None:
-        self.token_ids += extra.get("token_ids") or []
-        if extra.get("prompt_token_ids") is not None:
-            self.prompt_token_ids = extra["prompt_token_ids"]
-
-    def choice(self, exact: bool) -> dict[str, Any]:
-        """The turn as ``recorded_choice`` data (what ``record_later`` converts to)."""
-        turn = StreamAccumulator()  # merges the tool-call fragments as for our adapters
-        delta = {"content": "".join(self.text), "reasoning": "".join(self.reasoning)}
-        turn.add({"choices": [{"delta": {**delta, "tool_calls": self.tool_calls}}]})
-        logprobs = [
-            {"token": t, "logprob": p, "bytes": b, "top_logprobs": [as_dict(x) for x in top or []]}
-            for t, p, b, top in self.logprobs
-        ]
-        return recorded_choice(
-            turn.message(),
-            finish_reason=self.finish_reason,
-            logprobs={"content": logprobs} if exact and logprobs else None,
-            token_ids=self.token_ids or None,
-            prompt_token_ids=self.prompt_token_ids,
-        )
+    def end(self) -> None:
+        on_end, self.on_end = self.on_end, None  # once (the SDK and the caller may both close)
+        raw, self.parts = b"".join(self.parts), []
+        # recorded only if the server finished it ([DONE]) and its rollout is still the one
+        # open here: a stream abandoned or cut (closed later, maybe elsewhere) is not
+        if (
+            on_end is not None
+            and raw.rstrip().endswith(b"[DONE]")
+            and current_rollout() is self.run
+        ):
+            on_end(raw)
 
 
-class RecordedStream:
-    """A ``Stream`` / ``AsyncStream`` that hands on every chunk and records the turn at the end."""
+def tap(stream: Any, on_end: Callable[[bytes], None]) -> Any:
+    """``stream`` (the SDK's ``Stream`` or ``AsyncStream``, not read yet) with its bytes kept
+    as they arrive; ``on_end(raw)`` runs once, when the SDK closes the response at the end of
+    a stream the server finished (in the caller's context, as the SDK reads ``[DONE]``)."""
+    response = stream.response
+    received = _Received(on_end, current_rollout())
+    if isinstance(stream, openai.AsyncStream):
+        aiter_bytes, aclose = response.aiter_bytes, response.aclose
 
-    def __init__(self, stream: Any, on_end: Callable[[StreamTurn], None]) -> None:
-        self._stream = stream
-        self._on_end: Callable[[StreamTurn], None] | None = on_end
-        self._turn: StreamTurn | None = StreamTurn()
+        async def atee(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+            async for part in aiter_bytes(*args, **kwargs):
+                received.parts.append(part)
+                yield part
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def _add(self, chunk: Any) -> Any:
-        if self._turn is not None:
+        async def aclosing() -> None:
             try:
-                self._turn.add(chunk)
-            except Exception as exc:  # a chunk it cannot read: no turn is recorded (counted)
-                self._turn = None
-                RECORDING_GUARD.failed(exc)
-        return chunk
+                await aclose()
+            finally:
+                RECORDING_GUARD.run(received.end)
 
-    def _end(self) -> None:
-        on_end, self._on_end = self._on_end, None  # once
-        if on_end is not None and self._turn is not None:
-            on_end(self._turn)
+        setattr(response, "aiter_bytes", atee)  # noqa: B010 (this response's own, not the class's)
+        setattr(response, "aclose", aclosing)  # noqa: B010
+        return stream
+    iter_bytes, close = response.iter_bytes, response.close
 
-    def __iter__(self) -> Iterator[Any]:
-        turn = self._turn
-        for chunk in self._stream:  # _add() inlined: one call less a chunk
-            if turn is not None:
-                try:
-                    turn.add(chunk)
-                except Exception as exc:
-                    turn = self._turn = None
-                    RECORDING_GUARD.failed(exc)
-            yield chunk
-        self._end()
+    def tee(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        for part in iter_bytes(*args, **kwargs):
+            received.parts.append(part)
+            yield part
 
-    def __next__(self) -> Any:
+    def closing() -> None:
         try:
-            return self._add(next(self._stream))
-        except StopIteration:
-            self._end()
-            raise
+            close()
+        finally:
+            RECORDING_GUARD.run(received.end)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        async for chunk in self._stream:
-            yield self._add(chunk)
-        self._end()
+    setattr(response, "iter_bytes", tee)  # noqa: B010
+    setattr(response, "close", closing)  # noqa: B010
+    return stream
 
-    async def __anext__(self) -> Any:
-        try:
-            return self._add(await self._stream.__anext__())
-        except StopAsyncIteration:
-            self._end()
-            raise
 
-    def __enter__(self) -> RecordedStream:
-        self._stream.__enter__()
-        return self
+def sse_data(raw: bytes) -> Iterator[str]:
+    """The data of each server-sent event in ``raw`` (its ``data:`` lines joined), up to
+    ``[DONE]``."""
+    for event in raw.decode().replace("\r\n", "\n").split("\n\n"):
+        lines = [line[5:] for line in event.split("\n") if line.startswith("data:")]
+        if lines:
+            data = "\n".join(line[1:] if line.startswith(" ") else line for line in lines)
+            if data.startswith("[DONE]"):
+                return
+            yield data
 
-    def __exit__(self, *exc: Any) -> None:
-        self._stream.__exit__(*exc)
 
-    async def __aenter__(self) -> RecordedStream:
-        await self._stream.__aenter__()
-        return self
+def stream_chunks(raw: bytes) -> Iterator[dict[str, Any]]:
+    """The chunks of a finished stream; a ValueError for an error event or a chunk that is not
+    a JSON object (the SDK raised to the caller for the first; neither is a turn)."""
+    for data in sse_data(raw):
+        chunk = json.loads(data)
+        if not isinstance(chunk, dict) or chunk.get("error"):
+            raise ValueError(f"a streamed event is not a chunk of a turn: {data[:200]!r}")
+        yield chunk
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._stream.__aexit__(*exc)
+
+def accumulate(raw: bytes) -> StreamAccumulator:
+    """A finished stream's turn: text, reasoning, tool calls, logprobs, token ids, usage."""
+    turn = StreamAccumulator()
+    for chunk in stream_chunks(raw):
+        turn.add(chunk)
+    if not all(isinstance(entry, dict) for entry in turn.logprobs):
+        raise ValueError("a streamed chunk's logprobs are not a list of tokens")
+    return turn

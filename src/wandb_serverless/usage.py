@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from wandb_serverless.models import SCHEME, CheckpointRef
 
-__all__ = ["Meter", "TokenCount", "judging", "metered", "record_usage"]
+__all__ = ["Meter", "TokenCount", "judging", "metered", "metering", "record_usage"]
 
 
 @dataclass
@@ -90,6 +90,11 @@ def judging() -> Iterator[None]:
         yield
     finally:
         _judging.reset(token)
+
+
+def metering() -> bool:
+    """Whether a ``metered()`` block is open in this context (its usage is wanted)."""
+    return _meter.get() is not None
 
 
 def record_usage(model: str | None, prompt_tokens: int, completion_tokens: int) -> None:

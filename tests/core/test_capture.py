@@ -174,6 +174,38 @@ async def test_an_async_stream_is_handed_on_whole_and_recorded_at_its_end(fault_
     run.reward_tool_call("call_1", 1.0)  # the captured tool call can be rewarded
 
 
+def test_the_caller_gets_the_sdks_own_stream_and_a_stream_cut_short_is_not_recorded(fault_server):
+    cut = STREAM.removesuffix("data: [DONE]\n\n")  # the server never finished it
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, cut, {"content-type": "text/event-stream"})
+    )
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, STREAM, {"content-type": "text/event-stream"})
+    )
+    oai = client(fault_server)
+    with rollout() as run:
+        stream = oai.chat.completions.create(model="m", messages=USER, stream=True)
+        assert type(stream) is openai.Stream  # what a framework that checks the SDK's type sees
+        assert len(list(stream)) == 3  # every chunk of the cut stream reaches the caller
+        with oai.chat.completions.create(model="m", messages=USER, stream=True) as whole:
+            assert len(list(whole)) == 3
+    assert run.trajectory.model_turns() == 1  # the finished stream's turn only
+    assert run.trajectory.choices()[0].model_extra["token_ids"] == [8, 9]
+
+
+async def test_an_async_stream_is_the_sdks_own(fault_server):
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, STREAM, {"content-type": "text/event-stream"})
+    )
+    oai = openai.AsyncOpenAI(base_url=fault_server.url, api_key=KEY, max_retries=0)
+    async with rollout() as run:
+        stream = await oai.chat.completions.create(model="m", messages=USER, stream=True)
+        assert type(stream) is openai.AsyncStream
+        async with stream:
+            assert len([c async for c in stream]) == 3
+    assert run.trajectory.model_turns() == 1
+
+
 def test_capture_outside_rollouts_makes_a_rollout_of_each_call(fault_server, tmp_path):
     fault_server.on("POST", "/chat/completions", Reply(200, completion(EXACT)))
     store = RolloutStore(tmp_path / "r.db")

@@ -84,9 +84,9 @@ def on_rollout_open(fn: Callable[[], None]) -> None:
     _ON_OPEN.append(fn)
 
 
-def current_rollout() -> Rollout | None:
-    """The rollout open in this context, if any."""
-    return _current.get()
+#: The rollout open in this context, if any (the contextvar's own getter: no Python frame, and
+#: capture asks it on every openai-client call).
+current_rollout: Callable[[], Rollout | None] = _current.get
 
 
 def tokens_wanted() -> bool:
@@ -151,7 +151,11 @@ def record_later(
     The labels (role, step) are taken now. True if a rollout was open; never raises."""
     if _current.get() is None:
         return False
-    return bool(RECORDING_GUARD.run(_add, messages, tools, PendingTurn(convert), model, None))
+    try:  # RECORDING_GUARD.run inlined: every captured call passes here
+        return _add(messages, tools, PendingTurn(convert), model, None)
+    except Exception as exc:
+        RECORDING_GUARD.failed(exc)
+        return False
 
 
 def _add(
@@ -347,17 +351,19 @@ class Rollout:
         self._complete(exc)
         if self.store is not None:
             self.store.save(self._built(), group=self.group, exception=self.exception)
-        self._export()
+        if self.weave is not None:
+            self._export()
 
     async def afinish(self, exc: BaseException | None = None) -> None:
         """``finish`` with the store's async save."""
         self._complete(exc)
         if self.store is not None:
             await self.store.asave(self._built(), group=self.group, exception=self.exception)
-        self._export()
+        if self.weave is not None:
+            self._export()
 
     def _export(self) -> None:
-        if self.weave is not None and self.weave is not False:
+        if self.weave is not False:
             from wandb_serverless.rollouts.weave_export import log_trajectory
 
             WEAVE_GUARD.run(
@@ -366,12 +372,15 @@ class Rollout:
 
     def __enter__(self) -> Rollout:
         self._token = _current.set(self)
-        for fn in _ON_OPEN:
-            RECORDING_GUARD.run(fn)
+        for fn in _ON_OPEN:  # RECORDING_GUARD.run inlined: every rollout passes here
+            try:
+                fn()
+            except Exception as exc:
+                RECORDING_GUARD.failed(exc)
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        self._leave()
+        _current.reset(self._token)
         self.finish(exc)
 
     def _leave(self) -> None:
@@ -439,12 +448,13 @@ class rollout:
         return Rollout(group=group, metadata=dict(metadata), store=store, weave=weave)
 
     def __enter__(self) -> Rollout:
-        self._active = self._new()
-        return self._active.__enter__()
+        group, metadata, store, weave = self._args  # _new() inlined: every rollout passes here
+        run = self._active = Rollout(group=group, metadata=dict(metadata), store=store, weave=weave)
+        return run.__enter__()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         assert self._active is not None
-        self._active.__exit__(*exc)
+        self._active.__exit__(kind, exc, tb)
 
     async def __aenter__(self) -> Rollout:
         self._active = self._new()
