@@ -11,8 +11,9 @@ LangChain handler path for runs without ``rollout()`` (each run its own rollout)
 langchain-core itself costs per call for any handler (an empty one), and what capturing a
 plain openai client's call costs (``wandb_serverless.capture``: the same call, streamed or not,
 inside a rollout and outside one, where the wrapper hands it straight on), with the part of it
-the SDK itself spends parsing the logprobs and token ids capture asks for, and with the
-trajectory built.
+the SDK itself spends on the logprobs and token ids capture asks for (the server sends them,
+in every chunk of a stream, as vLLM does; the SDK reads and builds them), and with the
+trajectory built. The agent step that the hook's share is taken of is timed in the same rounds.
 
 The server runs in its own process, as a real one does (in-process, its Python work shared
 the client's GIL). The machine's speed drifts between seconds, so every figure is paired:
@@ -40,12 +41,13 @@ from wandb_serverless.rollouts import RolloutStore, rollout
 
 ROUNDS = 1500  # a median of paired differences: its error shrinks as 1/sqrt(rounds)
 HELLO = [{"role": "user", "content": "Hello"}]
+TOKENS: dict[str, Any] = {"logprobs": True, "extra_body": {"return_token_ids": True}}
 CONCURRENT = 500
 BURST_ROUNDS = 30
 
 
-def _agent_step_s(llm: ChatWandb) -> float:
-    """One LangGraph agent step (a model node over the message state), recording off."""
+def _agent_step(llm: ChatWandb):
+    """One LangGraph agent step (a model node over the message state), as a callable."""
     from langgraph.graph import END, START, MessagesState, StateGraph
 
     def model(state: MessagesState) -> dict:
@@ -56,19 +58,7 @@ def _agent_step_s(llm: ChatWandb) -> float:
     graph.add_edge(START, "model")
     graph.add_edge("model", END)
     agent = graph.compile()
-
-    def step() -> None:
-        agent.invoke({"messages": [("user", "Hello")]})
-
-    for _ in range(20):
-        step()
-    return statistics.median(_timed(step) for _ in range(ROUNDS))
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+    return lambda: agent.invoke({"messages": [("user", "Hello")]})
 
 
 def _in_rollout(call, build: bool = False) -> None:
@@ -95,10 +85,11 @@ def run() -> dict[str, float]:
         def sdk_call(**extra: Any) -> None:
             oai.chat.completions.create(model="m", messages=HELLO, **extra)
 
-        def sdk_stream() -> None:
-            for _ in oai.chat.completions.create(model="m", messages=HELLO, stream=True):
+        def sdk_stream(**extra: Any) -> None:
+            for _ in oai.chat.completions.create(model="m", messages=HELLO, stream=True, **extra):
                 pass
 
+        step = _agent_step(llm)
         cases = {
             "off": lambda: llm.invoke("Hello"),
             "on": lambda: _in_rollout(lambda: llm.invoke("Hello")),
@@ -109,9 +100,15 @@ def run() -> dict[str, float]:
             "sdk_on": lambda: _in_rollout(sdk_call),
             "sdk_on_built": lambda: _in_rollout(sdk_call, build=True),
             # what the SDK itself spends on the tokens capture asks for (no rollout: not captured)
-            "sdk_tokens": lambda: sdk_call(logprobs=True, extra_body={"return_token_ids": True}),
+            "sdk_tokens": lambda: sdk_call(**TOKENS),
             "sdk_stream_off": sdk_stream,
             "sdk_stream_on": lambda: _in_rollout(sdk_stream),
+            "sdk_stream_tokens": lambda: sdk_stream(**TOKENS),
+            "sdk_stream_on_built": lambda: _in_rollout(sdk_stream, build=True),
+            # the step the hook's share is taken of, timed in the same rounds (alone, in a loop
+            # of its own, it ran with warm caches: faster than in the rounds that time the hook)
+            "step_off": step,
+            "step_on": lambda: _in_rollout(step),
         }
         samples = interleaved(cases, ROUNDS)
         median = {name: statistics.median(values) for name, values in samples.items()}
@@ -128,11 +125,13 @@ def run() -> dict[str, float]:
             ("sdk_on_built", "sdk_off"),
             ("sdk_tokens", "sdk_off"),
             ("sdk_stream_on", "sdk_stream_off"),
+            ("sdk_stream_tokens", "sdk_stream_off"),
+            ("sdk_stream_on_built", "sdk_stream_off"),
+            ("step_on", "step_off"),
         ]:
             cost[name] = statistics.median(
                 a - b for a, b in zip(samples[name], samples[base], strict=True)
             )
-        step = _agent_step_s(llm)
 
         async def loop(record: bool) -> float:
             async def one(i: int) -> None:
@@ -163,11 +162,13 @@ def run() -> dict[str, float]:
     return {
         "llm_call_us_off": off * 1e6,
         "llm_call_us_on": median["on"] * 1e6,
-        "agent_step_us_off": step * 1e6,
+        "agent_step_us_off": median["step_off"] * 1e6,
+        "agent_step_recording_cost_us": cost["step_on"] * 1e6,
+        "agent_step_recording_fraction": cost["step_on"] / median["step_off"],
         "hook_cost_us": cost["on"] * 1e6,
         "hook_cost_with_trajectory_us": cost["on_built"] * 1e6,
         "hook_cost_fraction_of_llm_call": cost["on"] / off,
-        "hook_cost_fraction": cost["on"] / step,
+        "hook_cost_fraction": cost["on"] / median["step_off"],
         "handler_path_cost_us": cost["handler"] * 1e6,
         "langchain_any_handler_cost_us": cost["empty_handler"] * 1e6,
         "openai_sdk_call_us_off": median["sdk_off"] * 1e6,
@@ -176,6 +177,8 @@ def run() -> dict[str, float]:
         "openai_sdk_tokens_cost_us": cost["sdk_tokens"] * 1e6,
         "openai_sdk_stream_call_us_off": median["sdk_stream_off"] * 1e6,
         "openai_sdk_stream_capture_cost_us": cost["sdk_stream_on"] * 1e6,
+        "openai_sdk_stream_tokens_cost_us": cost["sdk_stream_tokens"] * 1e6,
+        "openai_sdk_stream_capture_with_trajectory_us": cost["sdk_stream_on_built"] * 1e6,
         "rollouts_per_s_off": plain_rate,
         "rollouts_per_s_on": recorded_rate,
         "concurrent_throughput_ratio": statistics.median(paired),

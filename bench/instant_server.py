@@ -52,31 +52,47 @@ COMPLETION_WITH_TOKENS = json.dumps(
 ).encode()
 
 
-def _chunk(delta: dict, finish: str | None = None) -> str:
+def _chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
     body = {
         "id": "c",
         "object": "chat.completion.chunk",
         "created": 0,
         "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}],
     }
     return f"data: {json.dumps(body)}\n\n"
 
 
-STREAM = (
-    _chunk({"role": "assistant", "content": ""})
-    + "".join(_chunk({"content": f" tok{i}"}) for i in range(20))
-    + _chunk({}, "stop")
-    + 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30}}\n\n'
-    + "data: [DONE]\n\n"
-).encode()
+def _stream(tokens: bool) -> bytes:
+    """20 content chunks, as vLLM streams them; with ``tokens`` (what a recording client asks
+    for) each carries its token's logprob and id, and the first the prompt's token ids."""
+
+    def extra(i: int) -> dict:
+        if not tokens:
+            return {}
+        entry = {"token": f" tok{i}", "logprob": -0.25, "bytes": list(f" tok{i}".encode())}
+        return {"logprobs": {"content": [{**entry, "top_logprobs": []}]}, "token_ids": [100 + i]}
+
+    first = _chunk({"role": "assistant", "content": ""})
+    if tokens:
+        first = first.replace('"object"', '"prompt_token_ids": [1, 2, 3, 4, 5], "object"', 1)
+    return (
+        first
+        + "".join(_chunk({"content": f" tok{i}"}, **extra(i)) for i in range(20))
+        + _chunk({}, "stop")
+        + 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30}}\n\n'
+        + "data: [DONE]\n\n"
+    ).encode()
+
+
+STREAM, STREAM_WITH_TOKENS = _stream(False), _stream(True)
 
 
 def _reply(raw_body: bytes) -> tuple[bytes, str]:
     """The canned payload for a request body, and its content type."""
     body = json.loads(raw_body)
     if body.get("stream"):
-        return STREAM, "text/event-stream"
+        return (STREAM_WITH_TOKENS if body.get("logprobs") else STREAM), "text/event-stream"
     return (COMPLETION_WITH_TOKENS if body.get("logprobs") else COMPLETION), "application/json"
 
 
@@ -128,9 +144,12 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     try:
         while head := await reader.readuntil(b"\r\n\r\n"):
             length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,  # a request without a body (not one of the bench's)
             )
             payload, kind = _reply(await reader.readexactly(length))
             writer.write(
