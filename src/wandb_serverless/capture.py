@@ -10,8 +10,9 @@ hook watches recorded once). Elsewhere a call goes straight to the SDK's own met
 What a call pays for (bench/RESULTS.md, "Trace hooks"): a whole reply is read as JSON by
 capture and parsed by the SDK for the caller without the logprobs and token ids only capture
 asked for (the caller gets what it asked for, and the SDK builds no object a token); a stream
-is the SDK's own, its bytes kept as they arrive and its turn recorded when the SDK closes it
-after the server's ``[DONE]`` (``capture_streams``). What the call must know at once (usage,
+is the SDK's own, its chunks built as the caller asked for them, its bytes kept as they arrive
+and its turn recorded when the SDK closes it after the server's ``[DONE]``
+(``capture_streams``). What the call must know at once (usage,
 the labels) is read then; the turn is converted when the trajectory is built
 (``recorder.record_later``).
 
@@ -223,15 +224,17 @@ def _passes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return "extra_headers" in kwargs and _raw_stream(kwargs)
 
 
-def _handle(request: dict[str, Any], result: Any) -> Any:
+def _handle(request: dict[str, Any], result: Any, asked: dict[str, Any]) -> Any:
+    """``result`` as the caller gets it, recorded (``asked``: the caller's own arguments, where
+    the chunks of a stream are given to it without what only capture asked for)."""
     if isinstance(result, _STREAMS):
         sent = _as_request(request)
-        return tap(result, lambda raw: _in_rollout(_record_stream, sent, raw))
+        return tap(result, lambda raw: _in_rollout(_record_stream, sent, raw), _not_asked(asked))
     if isinstance(result, openai.BaseModel):
         _in_rollout(_record_reply, request, result)
     elif isinstance(result, LegacyAPIResponse):  # with_raw_response (LangChain's ChatOpenAI)
         parsed = result.parse()  # parsed once: the SDK caches it for the caller's parse()
-        handled = _handle(request, parsed)
+        handled = _handle(request, parsed, asked)
         for key, value in list(result._parsed_by_type.items()):
             if value is parsed:  # the caller's parse() gets the recording stream
                 result._parsed_by_type[key] = handled
@@ -272,15 +275,21 @@ def _reply(asked: dict[str, Any], request: dict[str, Any], raw: Any) -> Any:
         openai_models.add_request_id(parsed, raw.request_id)
     except Exception:
         STATS.unparsed += 1
-        return _handle(request, raw.parse())
+        return _handle(request, raw.parse(), asked)
     _in_rollout(_record_reply, request, data)
     return parsed
 
 
-def _as_asked(data: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+def _not_asked(asked: dict[str, Any]) -> frozenset[str]:
+    """The keys of a reply (and of its choices) that only capture asked for, not the caller."""
     drop = set() if _given(asked.get("logprobs")) else {"logprobs"}
     if "return_token_ids" not in (asked.get("extra_body") or {}):
         drop |= {"token_ids", "prompt_token_ids"}
+    return frozenset(drop)
+
+
+def _as_asked(data: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+    drop = _not_asked(asked)
     out = {k: v for k, v in data.items() if k not in drop}
     out["choices"] = [{k: v for k, v in c.items() if k not in drop} for c in data["choices"]]
     return out
@@ -295,7 +304,7 @@ def _wrap_create(original: Any) -> Any:
         sent = _read_raw(request)
         if sent is not None:
             return _reply(kwargs, request, original(self, **sent))
-        return _handle(request, original(self, **request))
+        return _handle(request, original(self, **request), kwargs)
 
     return create
 
@@ -309,7 +318,7 @@ def _wrap_acreate(original: Any) -> Any:
         sent = _read_raw(request)
         if sent is not None:
             return _reply(kwargs, request, await original(self, **sent))
-        return _handle(request, await original(self, **request))
+        return _handle(request, await original(self, **request), kwargs)
 
     return create
 

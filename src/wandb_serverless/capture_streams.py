@@ -1,6 +1,7 @@
-"""Captured streams (``wandb_serverless.capture``): the caller gets the SDK's own stream,
-untouched; capture keeps the bytes as they arrive (a reference to each network read, nothing
-done a chunk) and parses the turn from them when the trajectory is built.
+"""Captured streams (``wandb_serverless.capture``): the caller gets the SDK's own stream, its
+chunks without the logprobs and token ids that only capture asked for (as a whole reply's);
+capture keeps the bytes as they arrive (a reference to each network read) and parses the turn
+from them when the trajectory is built.
 
 Measured (bench/RESULTS.md, "Trace hooks"): wrapping the stream and taking the turn down as the
 chunks passed cost ~2 µs a chunk for the wrapper's generator and as much again for reading the
@@ -42,10 +43,43 @@ class _Received:
             on_end(raw)
 
 
-def tap(stream: Any, on_end: Callable[[bytes], None]) -> Any:
+class _AsAsked:
+    """The SDK client as one stream sees it: each chunk is built without the keys in ``drop``
+    (what only capture asked for; the SDK's objects for a token's logprob were most of what
+    asking for them cost a stream: ~3 µs a chunk, measured). The chunk is the SDK's own JSON,
+    just read; the turn is recorded from the bytes."""
+
+    __slots__ = ("_choice", "_client", "_top")
+
+    def __init__(self, client: Any, drop: frozenset[str]) -> None:
+        self._client = client
+        self._top = tuple(drop & _TOP_LEVEL)  # vLLM puts the prompt's ids on the first chunk
+        self._choice = tuple(drop - _TOP_LEVEL)  # and each token's logprob and id in its choice
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
+        if type(data) is dict:
+            for key in self._top:
+                data.pop(key, None)
+            for choice in data.get("choices") or ():
+                if type(choice) is dict:
+                    for key in self._choice:
+                        choice.pop(key, None)
+        return self._client._process_response_data(data=data, cast_to=cast_to, response=response)
+
+
+_TOP_LEVEL = frozenset({"prompt_token_ids"})
+
+
+def tap(stream: Any, on_end: Callable[[bytes], None], drop: frozenset[str] = frozenset()) -> Any:
     """``stream`` (the SDK's ``Stream`` or ``AsyncStream``, not read yet) with its bytes kept
-    as they arrive; ``on_end(raw)`` runs once, when the SDK closes the response at the end of
-    a stream the server finished (in the caller's context, as the SDK reads ``[DONE]``)."""
+    as they arrive and its chunks built without the keys in ``drop``; ``on_end(raw)`` runs
+    once, when the SDK closes the response at the end of a stream the server finished (in the
+    caller's context, as the SDK reads ``[DONE]``)."""
+    if drop:  # the SDK's stream reads its client's parse when first iterated, not before
+        stream._client = _AsAsked(stream._client, drop)
     response = stream.response
     received = _Received(on_end, current_rollout())
     if isinstance(stream, openai.AsyncStream):

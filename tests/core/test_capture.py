@@ -168,7 +168,8 @@ async def test_an_async_stream_is_handed_on_whole_and_recorded_at_its_end(fault_
         stream = await oai.chat.completions.create(model="m", messages=USER, stream=True)
         assert type(stream) is openai.AsyncStream  # the SDK's own
         chunks = [c async for c in stream]
-    assert len(chunks) == 3  # every chunk reaches the framework
+    assert len(chunks) == 3  # every chunk reaches the framework, as it asked for it
+    assert not any(c.choices[0].logprobs or c.choices[0].model_extra for c in chunks)
     (choice,) = run.trajectory.choices()
     assert choice.model_extra["token_ids"] == [8, 9]
     assert choice.message.tool_calls[0].function.arguments == '{"q": "x"}'
@@ -267,6 +268,10 @@ def test_a_stream_records_text_reasoning_tokens_and_its_usage(fault_server):
             client(fault_server).chat.completions.create(model="m", messages=USER, stream=True)
         )
     assert len(chunks) == 4
+    # the caller gets the chunks it asked for: no tokens that only capture asked for
+    assert all(c.choices[0].logprobs is None for c in chunks[:3])
+    assert not any(c.choices[0].model_extra for c in chunks[:3])
+    assert "prompt_token_ids" not in chunks[0].model_extra
     (choice,) = run.trajectory.choices()
     assert choice.message.content == "hello" and choice.message.model_extra["reasoning"] == "hm"
     assert choice.model_extra["token_ids"] == [8, 9]
@@ -274,6 +279,20 @@ def test_a_stream_records_text_reasoning_tokens_and_its_usage(fault_server):
     assert [t.logprob for t in choice.logprobs.content] == [-0.5, -0.5]
     count = meter.total("model")  # a captured stream's usage is counted as a reply's is
     assert (count.calls, count.prompt_tokens, count.completion_tokens) == (1, 5, 2)
+
+
+def test_a_streaming_caller_gets_the_logprobs_it_asked_for_itself(fault_server):
+    body = sse(chunk({"content": "hi"}, "stop", logprobs=lp(8), token_ids=[8]))
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+    )
+    with rollout() as run:
+        (only,) = client(fault_server).chat.completions.create(
+            model="m", messages=USER, stream=True, logprobs=True
+        )
+    assert only.choices[0].logprobs.content[0].logprob == -0.5
+    assert "token_ids" not in only.choices[0].model_extra  # that one only capture asked for
+    assert run.trajectory.choices()[0].model_extra["token_ids"] == [8]
 
 
 def test_a_chunk_capture_cannot_read_leaves_the_stream_whole_and_records_no_turn(fault_server):
