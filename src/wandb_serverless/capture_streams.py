@@ -60,10 +60,11 @@ class _AsAsked:
         return getattr(self._client, name)
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
-        if type(data) is dict:
+        if type(data) is dict:  # anything else goes to the SDK as it came, as without capture
             for key in self._top:
                 data.pop(key, None)
-            for choice in data.get("choices") or ():
+            choices = data.get("choices")
+            for choice in choices if type(choices) is list else ():
                 if type(choice) is dict:
                     for key in self._choice:
                         choice.pop(key, None)
@@ -73,7 +74,7 @@ class _AsAsked:
 _TOP_LEVEL = frozenset({"prompt_token_ids"})
 
 
-def tap(stream: Any, on_end: Callable[[bytes], None], drop: frozenset[str] = frozenset()) -> Any:
+def tap(stream: Any, on_end: Callable[[bytes], None], drop: frozenset[str]) -> Any:
     """``stream`` (the SDK's ``Stream`` or ``AsyncStream``, not read yet) with its bytes kept
     as they arrive and its chunks built without the keys in ``drop``; ``on_end(raw)`` runs
     once, when the SDK closes the response at the end of a stream the server finished (in the

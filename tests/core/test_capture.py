@@ -295,6 +295,23 @@ def test_a_streaming_caller_gets_the_logprobs_it_asked_for_itself(fault_server):
     assert run.trajectory.choices()[0].model_extra["token_ids"] == [8]
 
 
+def test_a_malformed_chunk_reaches_a_captured_caller_as_it_reaches_any_other(fault_server):
+    odd = {**chunk({"content": "x"}), "choices": 5}  # not a list: the SDK hands it on as is
+    body = sse(odd, chunk({"content": "y"}, "stop", logprobs=lp(9), token_ids=[9]))
+    fault_server.on(
+        "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+    )
+    oai = client(fault_server)
+    outside = [
+        c.choices for c in oai.chat.completions.create(model="m", messages=USER, stream=True)
+    ]
+    with rollout() as run:
+        stream = oai.chat.completions.create(model="m", messages=USER, stream=True)
+        inside = [c.choices for c in stream]  # no error raised into the agent
+    assert inside[0] == outside[0] == 5 and len(inside) == len(outside) == 2
+    assert run.trajectory.model_turns() == 0  # not a turn capture can read: none recorded
+
+
 def test_a_chunk_capture_cannot_read_leaves_the_stream_whole_and_records_no_turn(fault_server):
     unreadable = chunk({"content": "x"}, logprobs={"content": "not a list"}, token_ids=[8])
     body = sse(unreadable, chunk({"content": "y"}, "stop", logprobs=lp(9), token_ids=[9]))
