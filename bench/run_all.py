@@ -77,7 +77,9 @@ README_ROWS = [  # (what, measured, target), formatted with this run's results
         "any framework's openai-SDK call, captured in a rollout vs outside one, whole / "
         "streamed (what the same call costs when its caller asks for the tokens itself: "
         "{openai_sdk_tokens_cost_us:+.0f} µs / {openai_sdk_stream_tokens_cost_us:+.0f} µs; "
-        "capture spares its caller the SDK's objects for them, not their JSON)",
+        "capture spares its caller the SDK's objects for them, not their JSON; it builds a "
+        "stream's chunks without the SDK's dispatch: against a plain stream built so, "
+        "{openai_sdk_stream_capture_vs_built_alike_us:+.0f} µs)",
         "{openai_sdk_capture_cost_us:+.0f} µs / {openai_sdk_stream_capture_cost_us:+.0f} µs",
         "≤ 100 µs",
     ),

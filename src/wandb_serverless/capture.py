@@ -10,11 +10,11 @@ hook watches recorded once). Elsewhere a call goes straight to the SDK's own met
 What a call pays for (bench/RESULTS.md, "Trace hooks"): a whole reply is read as JSON by
 capture and parsed by the SDK for the caller without the logprobs and token ids only capture
 asked for (the caller gets what it asked for, and the SDK builds no object a token); a stream
-is the SDK's own, its chunks built as the caller asked for them, its bytes kept as they arrive
-and its turn recorded when the SDK closes it after the server's ``[DONE]``
-(``capture_streams``). What the call must know at once (usage,
-the labels) is read then; the turn is converted when the trajectory is built
-(``recorder.record_later``).
+is the SDK's own, its chunks built as the caller asked for them (by the SDK's
+``construct_type``, without its parse's dispatch: that spares more than capture's work on a
+chunk), its bytes kept as they arrive and its turn recorded when the SDK closes it after the
+server's ``[DONE]`` (``capture_streams``). What the call must know at once (usage, the labels)
+is read then; the turn is converted when the trajectory is built (``recorder.record_later``).
 
 ``uninstall()`` puts the SDK's methods back; ``disable()`` (or ``WANDB_SERVERLESS_CAPTURE=0``)
 also keeps them back. It stays wrapped between rollouts: switching a class attribute for every

@@ -295,6 +295,84 @@ def test_a_streaming_caller_gets_the_logprobs_it_asked_for_itself(fault_server):
     assert run.trajectory.choices()[0].model_extra["token_ids"] == [8]
 
 
+def as_built(c) -> tuple:
+    """A chunk as its caller can tell it apart: type, JSON as set and in full, fields set."""
+    sets = [(x.model_fields_set, x.delta.model_fields_set) for x in c.choices]
+    return type(c), c.to_dict(), c.model_dump(), c.model_fields_set, sets
+
+
+def streams_with_and_without_tokens(fault_server) -> None:
+    """The server's reply to a plain call, then to the same call captured (tokens asked)."""
+    call = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "search", "arguments": "{}"}}]}  # fmt: skip
+    plain = [chunk({"role": "assistant", "content": ""}), chunk(call), chunk({}, "tool_calls")]
+    plain.append(USAGE_CHUNK)
+    tokens = [{**plain[0], "prompt_token_ids": [1, 2]}, *plain[1:]]
+    for i in (1, 2):
+        tokens[i] = {**plain[i], "choices": [{**plain[i]["choices"][0], "logprobs": lp(7 + i),
+                                              "token_ids": [7 + i]}]}  # fmt: skip
+    for body in (sse(*plain), sse(*tokens)):
+        fault_server.on(
+            "POST", "/chat/completions", Reply(200, body, {"content-type": "text/event-stream"})
+        )
+
+
+def test_a_captured_streams_chunks_are_the_sdks_own_field_for_field(fault_server):
+    streams_with_and_without_tokens(fault_server)
+    oai = client(fault_server)
+    outside = list(oai.chat.completions.create(model="m", messages=USER, stream=True))
+    with rollout() as run:
+        inside = list(oai.chat.completions.create(model="m", messages=USER, stream=True))
+    assert [as_built(c) for c in inside] == [as_built(c) for c in outside]
+    assert run.trajectory.choices()[0].model_extra["token_ids"] == [8, 9]
+
+
+async def test_a_captured_async_streams_chunks_are_the_sdks_own_field_for_field(fault_server):
+    streams_with_and_without_tokens(fault_server)
+    oai = openai.AsyncOpenAI(base_url=fault_server.url, api_key=KEY, max_retries=0)
+    outside = [c async for c in await oai.chat.completions.create(model="m", messages=USER,
+                                                                  stream=True)]  # fmt: skip
+    async with rollout() as run:
+        stream = await oai.chat.completions.create(model="m", messages=USER, stream=True)
+        inside = [c async for c in stream]
+    assert [as_built(c) for c in inside] == [as_built(c) for c in outside]
+    assert run.trajectory.choices()[0].model_extra["token_ids"] == [8, 9]
+
+
+def test_a_strict_clients_chunks_are_validated_inside_a_rollout_as_outside(fault_server):
+    invalid = {**chunk({"content": "x"}, "stop"), "created": "soon"}  # not an int
+    for _ in range(2):
+        fault_server.on(
+            "POST",
+            "/chat/completions",
+            Reply(200, sse(invalid), {"content-type": "text/event-stream"}),
+        )
+    strict = openai.OpenAI(
+        base_url=fault_server.url, api_key=KEY, max_retries=0, _strict_response_validation=True
+    )
+    with pytest.raises(openai.APIResponseValidationError):
+        list(strict.chat.completions.create(model="m", messages=USER, stream=True))
+    with rollout(), pytest.raises(openai.APIResponseValidationError):
+        list(strict.chat.completions.create(model="m", messages=USER, stream=True))
+
+
+def test_a_clients_own_parse_of_a_chunk_is_kept_inside_a_rollout(fault_server):
+    class Tagging(openai.OpenAI):  # a framework's client that parses responses its own way
+        def _process_response_data(self, *, data, cast_to, response):
+            parsed = super()._process_response_data(data=data, cast_to=cast_to, response=response)
+            parsed.tagged = True
+            return parsed
+
+    streams_with_and_without_tokens(fault_server)
+    oai = Tagging(base_url=fault_server.url, api_key=KEY, max_retries=0)
+    outside = list(oai.chat.completions.create(model="m", messages=USER, stream=True))
+    with rollout() as run:
+        inside = list(oai.chat.completions.create(model="m", messages=USER, stream=True))
+    assert all(c.tagged for c in outside) and all(c.tagged for c in inside)
+    assert [as_built(c) for c in inside] == [as_built(c) for c in outside]
+    assert run.trajectory.choices()[0].model_extra["token_ids"] == [8, 9]
+
+
 def test_a_malformed_chunk_reaches_a_captured_caller_as_it_reaches_any_other(fault_server):
     odd = {**chunk({"content": "x"}), "choices": 5}  # not a list: the SDK hands it on as is
     body = sse(odd, chunk({"content": "y"}, "stop", logprobs=lp(9), token_ids=[9]))
